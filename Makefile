@@ -1,0 +1,35 @@
+# Weelo dispatch backend. `make run` starts everything; `make test` runs the whole suite.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+UV ?= $(shell command -v uv 2>/dev/null || echo $(VENV)/bin/uv)
+
+.PHONY: run test lint bench docs venv clean
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || (python3 -m venv $(VENV) && $(VENV)/bin/pip install -q uv)
+	$(UV) sync --frozen --python python3
+	@touch $@
+
+venv: $(VENV)/.synced
+
+run: venv
+	$(VENV)/bin/weelo up
+
+test: venv lint
+	$(VENV)/bin/pytest
+
+lint: venv
+	$(VENV)/bin/ruff check libs services tests bench
+	$(VENV)/bin/ruff format --check libs services tests bench
+	$(VENV)/bin/mypy
+	@if [ -x scripts/lint-deploy.sh ]; then scripts/lint-deploy.sh; fi
+
+bench: venv
+	$(VENV)/bin/python -m bench $(SCENARIOS)
+
+docs: venv
+	$(VENV)/bin/weelo docs events > docs/events.md
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,198 @@
+"""The outbox relay: moves committed events from PostgreSQL onto their Redis streams.
+
+One relay leads at a time (a PostgreSQL advisory lock held by its listening connection); every
+service process runs one, so publishing goes on while any service is up. An event committed to
+PostgreSQL reaches Redis even if its writer died right after the commit, because the relay reads
+the outbox table, not the writer's memory. Publishing is at least once: a relay that dies
+between XADD and deleting the outbox rows publishes those rows again, and consumers dedupe.
+
+If Redis lost its data (the epoch key is gone), the relay first republishes the events of the
+last `replay_window_s` seconds, so consumers that had not yet read them still get them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import psycopg
+import structlog
+from redis.asyncio import Redis
+
+from libs.events.codec import ENVELOPE_FIELD
+from libs.events.store import OUTBOX_CHANNEL
+from libs.events.streams import bus_epoch_key, stream_for
+
+log = structlog.get_logger(__name__)
+
+RELAY_LOCK = 0x72656C6179  # "relay"
+
+_PENDING = """
+SELECT e.position, e.stream_id, e.event_id, e.version, e.recorded_at, e.correlation_id,
+       e.data::text
+FROM outbox o JOIN events e ON e.position = o.position
+ORDER BY o.position LIMIT %s
+"""
+_RECENT = """
+SELECT e.position, e.stream_id, e.event_id, e.version, e.recorded_at, e.correlation_id,
+       e.data::text
+FROM events e
+WHERE e.recorded_at > now() - make_interval(secs => %s)
+  AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.position = e.position)
+ORDER BY e.position
+"""
+
+
+class WireEnvelope(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """The published form of `catalogue.Envelope`, built from a row without decoding the event."""
+
+    event_id: str
+    stream_id: str
+    version: int
+    position: int
+    recorded_at: datetime
+    correlation_id: str | None
+    event: msgspec.Raw
+
+
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    batch_size: int = 500
+    poll_interval_s: float = 1.0
+    replay_window_s: float = 60.0
+    retry_delay_s: float = 1.0
+
+
+def wire_entry(row: Sequence[Any]) -> bytes:
+    position, stream_id, event_id, version, recorded_at, correlation_id, data = row
+    return _encoder.encode(
+        WireEnvelope(
+            event_id=str(event_id),
+            stream_id=stream_id,
+            version=version,
+            position=position,
+            recorded_at=recorded_at,
+            correlation_id=correlation_id,
+            event=msgspec.Raw(data.encode()),
+        )
+    )
+
+
+async def publish_rows(redis: Redis, prefix: str, rows: Sequence[Sequence[Any]]) -> None:
+    """XADD each row to its category stream, in order, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for row in rows:
+            pipe.xadd(stream_for(prefix, row[1]), {ENVELOPE_FIELD: wire_entry(row)})
+        await pipe.execute()
+
+
+class OutboxRelay:
+    """Publishes the outbox while it holds the relay lock; stands by otherwise."""
+
+    def __init__(
+        self, database_url: str, redis: Redis, prefix: str, config: RelayConfig | None = None
+    ) -> None:
+        self._database_url = database_url
+        self._redis = redis
+        self._prefix = prefix
+        self._config = config or RelayConfig()
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Lead when possible, until `stop` is set; survive database and Redis outages."""
+        while not stop.is_set():
+            try:
+                await self._lead(stop)
+            except (psycopg.Error, OSError, ConnectionError) as e:
+                log.warning("relay_interrupted", error=str(e))
+            except Exception as e:  # redis errors and anything unexpected: log, retry
+                log.exception("relay_failed", error=str(e))
+            await _wait(stop, self._config.retry_delay_s)
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        async with await psycopg.AsyncConnection.connect(
+            self._database_url, autocommit=True
+        ) as listener:
+            if not await _try_lock(listener):
+                await _wait(stop, self._config.retry_delay_s)
+                return
+            log.info("relay_leading")
+            await listener.execute(f"LISTEN {OUTBOX_CHANNEL}")
+            async with await psycopg.AsyncConnection.connect(
+                self._database_url, autocommit=True
+            ) as worker:
+                listening = asyncio.create_task(self._listen(listener))
+                try:
+                    await self._drain_until(stop, worker, listening)
+                finally:
+                    listening.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                        await listening
+
+    async def _listen(self, listener: psycopg.AsyncConnection[Any]) -> None:
+        async for _ in listener.notifies():
+            self._wake.set()
+
+    async def _drain_until(
+        self, stop: asyncio.Event, worker: psycopg.AsyncConnection[Any], listening: asyncio.Task[None]
+    ) -> None:
+        while not stop.is_set():
+            if listening.done():
+                listening.result()  # re-raise why the listener stopped
+                raise ConnectionError("relay listener stopped")
+            self._wake.clear()
+            await self._replay_if_redis_lost(worker)
+            while await self._publish_batch(worker) == self._config.batch_size:
+                pass
+            await _wait_any(stop, self._wake, self._config.poll_interval_s)
+
+    async def _publish_batch(self, worker: psycopg.AsyncConnection[Any]) -> int:
+        cur = await worker.execute(_PENDING, (self._config.batch_size,), prepare=True)
+        rows = await cur.fetchall()
+        if rows:
+            await publish_rows(self._redis, self._prefix, rows)
+            await worker.execute(
+                "DELETE FROM outbox WHERE position = ANY(%s)", ([r[0] for r in rows],)
+            )
+            self.published += len(rows)
+        return len(rows)
+
+    async def _replay_if_redis_lost(self, worker: psycopg.AsyncConnection[Any]) -> None:
+        key = bus_epoch_key(self._prefix)
+        if await self._redis.exists(key):
+            return
+        cur = await worker.execute(_RECENT, (self._config.replay_window_s,))
+        rows = await cur.fetchall()
+        for start in range(0, len(rows), self._config.batch_size):
+            await publish_rows(self._redis, self._prefix, rows[start : start + self._config.batch_size])
+        await self._redis.set(key, "1")
+        log.info("relay_epoch_started", republished=len(rows))
+
+
+async def _try_lock(conn: psycopg.AsyncConnection[Any]) -> bool:
+    cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,))
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

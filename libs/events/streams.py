@@ -1,0 +1,33 @@
+"""Names of every Redis key the bus uses, all under the deployment's key prefix.
+
+Domain events of a stream `<category>-<id>` (for example `broadcast-4f2c...`) are published to
+the Redis stream `<prefix>events:<category>`.
+"""
+
+from __future__ import annotations
+
+CATEGORIES = ("broadcast", "assignment", "driver", "fleet", "probe")
+
+
+def category_of(stream_id: str) -> str:
+    category, _, rest = stream_id.partition("-")
+    if not rest or category not in CATEGORIES:
+        raise ValueError(f"stream id {stream_id!r} is not '<category>-<id>' with a known category")
+    return category
+
+
+def events_stream(prefix: str, category: str) -> str:
+    return f"{prefix}events:{category}"
+
+
+def stream_for(prefix: str, stream_id: str) -> str:
+    return events_stream(prefix, category_of(stream_id))
+
+
+def dead_letter_stream(prefix: str) -> str:
+    return f"{prefix}dead-letter"
+
+
+def bus_epoch_key(prefix: str) -> str:
+    """Set by the relay; its absence means Redis lost its data since the last publish."""
+    return f"{prefix}bus:epoch"

@@ -1,0 +1,113 @@
+"""The `weelo` command: up, run, migrate, token (CONTRACT.md section 1)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from libs.runtime.settings import SettingsError
+
+SERVICES = ("gateway", "broadcast", "acceptance", "timer", "presence")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weelo", description="Weelo dispatch backend")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="migrate and run every service in the foreground")
+    up.add_argument("--gateways", type=_positive, default=1, help="gateway processes (default 1)")
+    run = commands.add_parser("run", help="run one service in the foreground")
+    run.add_argument("service", choices=SERVICES)
+    commands.add_parser("migrate", help="apply database migrations (safe to repeat)")
+    token = commands.add_parser("token", help="print a signed access token")
+    token.add_argument("--role", required=True, choices=("customer", "transporter", "driver"))
+    token.add_argument("--sub", required=True)
+    token.add_argument("--ttl", type=_positive, default=3600, help="lifetime in seconds")
+    token.add_argument("--refresh", action="store_true", help="sign a refresh token instead")
+    docs = commands.add_parser("docs", help="print generated documentation")
+    docs.add_argument("page", choices=("events",))
+    return parser
+
+
+def _positive(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except SettingsError as e:
+        print(f"weelo: configuration error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from libs.runtime.secrets import SecretsError, bootstrap_secrets
+
+    if args.command == "docs":
+        from libs.events.docs import render_events_doc
+
+        sys.stdout.write(render_events_doc())
+        return 0
+    try:
+        bootstrap_secrets(os.environ)
+    except SecretsError as e:
+        print(f"weelo: {e}", file=sys.stderr)
+        return 3
+    handler = {"up": _up, "run": _run, "migrate": _migrate, "token": _token}[args.command]
+    return handler(args)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from libs.runtime.supervisor import run_system
+
+    return run_system(os.environ, gateways=args.gateways)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from libs.runtime.logging import configure_logging, instance_id
+    from libs.runtime.service import run_service
+    from libs.runtime.settings import load_settings
+
+    settings = load_settings()
+    instance = instance_id(args.service)
+    configure_logging(args.service, instance, os.environ.get("LOG_LEVEL", "INFO"))
+    spec = importlib.import_module(f"services.{args.service}.main").SERVICE
+    uvloop.run(run_service(spec, settings, instance))
+    return 0
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from libs.runtime.logging import configure_logging, instance_id
+    from libs.runtime.migrate import migrate
+    from libs.runtime.settings import load_settings
+
+    configure_logging("migrate", instance_id("migrate"))
+    applied = migrate(load_settings().database_url)
+    print(f"migrations applied: {len(applied)}" + (f" ({', '.join(applied)})" if applied else ""))
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from libs.runtime.settings import local_secret, state_dir
+    from libs.runtime.tokens import issue
+
+    name = "JWT_REFRESH_SECRET" if args.refresh else "JWT_SECRET"
+    secret = os.environ.get(name) or local_secret(state_dir(os.environ), name.lower())
+    print(issue(secret, role=args.role, sub=args.sub, ttl_s=args.ttl))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

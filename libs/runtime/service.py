@@ -1,0 +1,174 @@
+"""The lifecycle every service shares: open pools, run tasks and an HTTP server, stop cleanly.
+
+A service is a `ServiceSpec`: its name, the HTTP app it serves and the background tasks it runs
+(consumer-group runners and the like). `run_service` owns everything with I/O: it creates the
+PostgreSQL pool and the Redis client, runs the outbox relay and stream trimming beside the
+service's own tasks, and on SIGTERM or SIGINT lets every task finish the message in hand before
+closing the pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import uvicorn
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+from starlette.types import ASGIApp
+
+from libs.events.relay import OutboxRelay
+from libs.events.streams import CATEGORIES, events_stream
+from libs.events.trim import trim_forever
+from libs.runtime.health import health_app
+from libs.runtime.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a service's handlers may use; created only by `open_resources`."""
+
+    settings: Settings
+    pool: AsyncConnectionPool[Any]
+    redis: Redis
+    instance: str
+    service: str
+
+
+Task = Callable[[Resources, asyncio.Event], Coroutine[Any, Any, None]]
+AppFactory = Callable[[Resources], ASGIApp]
+
+
+def default_app(resources: Resources) -> ASGIApp:
+    return health_app(resources.pool, resources.redis)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    default_port: int
+    tasks: tuple[Task, ...] = ()
+    app: AppFactory = default_app
+    port_setting: Callable[[Settings], int | None] = field(default=lambda s: s.health_port)
+
+
+@contextlib.asynccontextmanager
+async def open_resources(settings: Settings, service: str, instance: str) -> AsyncIterator[Resources]:
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.database_url, min_size=2, max_size=20, open=False, name=service,
+        kwargs={"autocommit": True},
+    )
+    await pool.open(wait=False)
+    redis = Redis.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=15
+    )
+    try:
+        yield Resources(settings, pool, redis, instance, service)
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+def bind_socket(host: str, port: int, explicit: bool) -> socket.socket:
+    """Bind `port`; when it was only a default and is taken, bind a free one instead."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        if explicit or e.errno != errno.EADDRINUSE:
+            sock.close()
+            raise
+        sock.bind((host, 0))
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service's stop event decides."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signame: str) -> None:
+        if stop.is_set():
+            log.warning("forced_exit", signal=signame)
+            os._exit(130)
+        log.info("stopping", signal=signame)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+
+
+async def run_service(spec: ServiceSpec, settings: Settings, instance: str) -> None:
+    """Run `spec` until SIGTERM or SIGINT, then stop cleanly."""
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    async with open_resources(settings, spec.name, instance) as resources:
+        explicit = spec.port_setting(settings)
+        sock = bind_socket(settings.gateway_host, explicit or spec.default_port, explicit is not None)
+        server = _Server(uvicorn.Config(spec.app(resources), log_config=None, access_log=False,
+                                        lifespan="on", timeout_graceful_shutdown=10))
+        log.info("service_started", port=sock.getsockname()[1], pid=os.getpid())
+        coroutines = [t(resources, stop) for t in (*_shared_tasks(), *spec.tasks)]
+        tasks = [asyncio.create_task(c) for c in coroutines]
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        await _until_stopped(stop, serving, tasks)
+        server.should_exit = True
+        await _finish(tasks, serving)
+    log.info("service_stopped")
+
+
+async def _until_stopped(
+    stop: asyncio.Event, serving: asyncio.Task[None], tasks: list[asyncio.Task[None]]
+) -> None:
+    """Wait for the stop signal; a task or the server ending early also stops the service."""
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopping, serving, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task is not stopping and task.exception() is not None:
+            log.error("task_crashed", error=repr(task.exception()))
+    stop.set()
+    stopping.cancel()
+
+
+async def _finish(tasks: list[asyncio.Task[None]], serving: asyncio.Task[None]) -> None:
+    pending = [*tasks, serving]
+    _, late = await asyncio.wait(pending, timeout=SHUTDOWN_TIMEOUT_S)
+    for task in late:
+        log.warning("task_cancelled_at_shutdown", task=task.get_name())
+        task.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
+
+
+def _shared_tasks() -> tuple[Task, ...]:
+    return (_relay, _trimmer)
+
+
+async def _relay(resources: Resources, stop: asyncio.Event) -> None:
+    relay = OutboxRelay(resources.settings.database_url, resources.redis,
+                        resources.settings.redis_key_prefix)
+    await relay.run(stop)
+
+
+async def _trimmer(resources: Resources, stop: asyncio.Event) -> None:
+    prefix = resources.settings.redis_key_prefix
+    await trim_forever(resources.redis, [events_stream(prefix, c) for c in CATEGORIES], stop)

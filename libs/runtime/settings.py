@@ -1,0 +1,111 @@
+"""Configuration: one frozen settings object read from an environment mapping.
+
+Every service reads the same variables (CONTRACT.md section 1). Nothing here touches the network;
+`load_settings` only reads the mapping it is given and, for local runs, the generated JWT keys
+under the state directory.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str
+    redis_url: str
+    redis_key_prefix: str = "weelo:"
+    jwt_secret: str
+    jwt_refresh_secret: str
+    jwt_previous_secrets: tuple[str, ...] = ()
+    broadcast_timeout_seconds: float = 120.0
+    broadcast_radius_km: float = 25.0
+    presence_ttl_seconds: float = 30.0
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    health_port: int | None = None
+    fcm_server_key: str | None = None
+    state_dir: Path = Path(".weelo")
+
+
+_NUMBERS: dict[str, tuple[str, type[int] | type[float], float]] = {
+    "BROADCAST_TIMEOUT_SECONDS": ("broadcast_timeout_seconds", float, 0.1),
+    "BROADCAST_RADIUS_KM": ("broadcast_radius_km", float, 0.0),
+    "PRESENCE_TTL_SECONDS": ("presence_ttl_seconds", float, 0.1),
+    "GATEWAY_PORT": ("gateway_port", int, 0),
+    "HEALTH_PORT": ("health_port", int, 0),
+}
+
+
+def state_dir(environ: Mapping[str, str]) -> Path:
+    """Where local state (embedded servers, generated keys) lives: `WEELO_STATE_DIR` or `.weelo`."""
+    return Path(environ.get("WEELO_STATE_DIR", ".weelo"))
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build `Settings` from `environ` (the process environment by default)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {"state_dir": state_dir(env)}
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        if not env.get(name):
+            raise SettingsError(f"{name} is not set")
+        values[name.lower()] = env[name]
+    values.update(_parse_numbers(env))
+    for name, field in (
+        ("REDIS_KEY_PREFIX", "redis_key_prefix"),
+        ("GATEWAY_HOST", "gateway_host"),
+        ("FCM_SERVER_KEY", "fcm_server_key"),
+    ):
+        if name in env:
+            values[field] = env[name]
+    values.update(_jwt_keys(env, values["state_dir"]))
+    return Settings(**values)
+
+
+def _parse_numbers(env: Mapping[str, str]) -> dict[str, int | float]:
+    parsed: dict[str, int | float] = {}
+    for name, (field, kind, minimum) in _NUMBERS.items():
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            value = kind(raw)
+        except ValueError as e:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from e
+        if value < minimum:
+            raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
+        parsed[field] = value
+    return parsed
+
+
+def _jwt_keys(env: Mapping[str, str], directory: Path) -> dict[str, Any]:
+    keys: dict[str, Any] = {}
+    for name in ("JWT_SECRET", "JWT_REFRESH_SECRET"):
+        keys[name.lower()] = env.get(name) or local_secret(directory, name.lower())
+    previous = env.get("JWT_PREVIOUS_SECRETS", "")
+    keys["jwt_previous_secrets"] = tuple(s for s in previous.split(",") if s)
+    return keys
+
+
+def local_secret(directory: Path, name: str) -> str:
+    """Read a key generated once under `directory`, creating it (mode 0600) if missing."""
+    path = directory / "secrets" / name
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    value = secrets.token_urlsafe(48)
+    try:
+        with open(path, "x", opener=lambda p, f: os.open(p, f, 0o600)) as handle:
+            handle.write(value)
+    except FileExistsError:
+        return path.read_text().strip()
+    return value

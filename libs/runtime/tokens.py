@@ -1,0 +1,60 @@
+"""Access and refresh tokens: HS256 JWTs with `sub`, `role` and `exp` (CONTRACT.md section 2)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import jwt
+import msgspec
+
+Role = Literal["customer", "transporter", "driver"]
+ROLES: tuple[Role, ...] = ("customer", "transporter", "driver")
+SUBJECT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ACCESS_TTL_S = 3600
+REFRESH_TTL_S = 30 * 24 * 3600
+
+
+class InvalidToken(Exception):
+    """The token is missing, malformed, wrongly signed, expired or names an unknown role."""
+
+
+class Principal(msgspec.Struct, frozen=True):
+    sub: str
+    role: Role
+
+
+def issue(secret: str, *, role: Role, sub: str, ttl_s: int, now: float | None = None) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if not SUBJECT.match(sub):
+        raise ValueError("sub must be 1-64 characters of A-Z a-z 0-9 _ -")
+    issued = int(now if now is not None else time.time())
+    claims = {"sub": sub, "role": role, "iat": issued, "exp": issued + ttl_s}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def verify(token: str, secrets: Sequence[str]) -> Principal:
+    """The token's principal if any of `secrets` signed it (HS256 only) and it is valid."""
+    for secret in secrets:
+        try:
+            claims = jwt.decode(
+                token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}
+            )
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.PyJWTError as e:
+            raise InvalidToken(str(e)) from e
+        return _principal(claims)
+    raise InvalidToken("signature verification failed")
+
+
+def _principal(claims: dict[str, object]) -> Principal:
+    sub, role = claims.get("sub"), claims.get("role")
+    if not isinstance(sub, str) or not SUBJECT.match(sub):
+        raise InvalidToken("sub is malformed")
+    if role not in ROLES:
+        raise InvalidToken("role is unknown")
+    return Principal(sub=sub, role=role)  # type: ignore[arg-type]
