@@ -37,7 +37,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", rename=
 EndReason = Literal["fully_filled", "cancelled_by_customer", "timeout", "no_transporters"]
 
 
-class BroadcastCreated(Event, tag="broadcast_created", kw_only=True):
+class BroadcastCreated(Event, tag="broadcast_created", frozen=True, kw_only=True):
     """A customer's search was accepted and its truck requests opened (state `created`)."""
 
     broadcast_id: str
@@ -50,14 +50,14 @@ class BroadcastCreated(Event, tag="broadcast_created", kw_only=True):
     request_hash: str = ""
 
 
-class BroadcastStarted(Event, tag="broadcast_started", kw_only=True):
+class BroadcastStarted(Event, tag="broadcast_started", frozen=True, kw_only=True):
     """The search was sent to the matching transporters (state `broadcasting`)."""
 
     broadcast_id: str
     notified_transporters: tuple[str, ...]
 
 
-class SlotsAccepted(Event, tag="slots_accepted", kw_only=True):
+class SlotsAccepted(Event, tag="slots_accepted", frozen=True, kw_only=True):
     """A transporter won one or more truck requests; each became an assignment."""
 
     broadcast_id: str
@@ -65,13 +65,13 @@ class SlotsAccepted(Event, tag="slots_accepted", kw_only=True):
     slots: tuple[AcceptedSlot, ...]
 
 
-class BroadcastFilled(Event, tag="broadcast_filled", kw_only=True):
+class BroadcastFilled(Event, tag="broadcast_filled", frozen=True, kw_only=True):
     """The last open truck request was won (state `fully_filled`)."""
 
     broadcast_id: str
 
 
-class BroadcastCancelled(Event, tag="broadcast_cancelled", kw_only=True):
+class BroadcastCancelled(Event, tag="broadcast_cancelled", frozen=True, kw_only=True):
     """The customer cancelled; open requests closed and assignments cancelled."""
 
     broadcast_id: str
@@ -79,14 +79,14 @@ class BroadcastCancelled(Event, tag="broadcast_cancelled", kw_only=True):
     cancelled_assignments: tuple[str, ...] = ()
 
 
-class BroadcastExpired(Event, tag="broadcast_expired", kw_only=True):
+class BroadcastExpired(Event, tag="broadcast_expired", frozen=True, kw_only=True):
     """The broadcast reached `expiresAt` while active, or found nobody to notify."""
 
     broadcast_id: str
     end_reason: EndReason
 
 
-class DriverAssigned(Event, tag="driver_assigned", kw_only=True):
+class DriverAssigned(Event, tag="driver_assigned", frozen=True, kw_only=True):
     """A transporter put one of its drivers and vehicles on an assignment."""
 
     assignment_id: str
@@ -96,7 +96,7 @@ class DriverAssigned(Event, tag="driver_assigned", kw_only=True):
     vehicle_id: str
 
 
-class AssignmentCancelled(Event, tag="assignment_cancelled", kw_only=True):
+class AssignmentCancelled(Event, tag="assignment_cancelled", frozen=True, kw_only=True):
     """An assignment ended because its broadcast was cancelled."""
 
     assignment_id: str
@@ -105,7 +105,9 @@ class AssignmentCancelled(Event, tag="assignment_cancelled", kw_only=True):
     driver_id: str | None = None
 
 
-class DriverAvailabilityChanged(Event, tag="driver_availability_changed", kw_only=True):
+class DriverAvailabilityChanged(
+    Event, tag="driver_availability_changed", frozen=True, kw_only=True
+):
     """A driver went online or offline (by request, or by missing heartbeats)."""
 
     driver_id: str
@@ -114,7 +116,7 @@ class DriverAvailabilityChanged(Event, tag="driver_availability_changed", kw_onl
     reason: Literal["requested", "heartbeat_timeout", "connected"] = "requested"
 
 
-class VehicleRegistered(Event, tag="vehicle_registered", kw_only=True):
+class VehicleRegistered(Event, tag="vehicle_registered", frozen=True, kw_only=True):
     """A transporter added or moved a vehicle in its fleet."""
 
     vehicle_id: str
@@ -124,14 +126,14 @@ class VehicleRegistered(Event, tag="vehicle_registered", kw_only=True):
     lng: float
 
 
-class VehicleRemoved(Event, tag="vehicle_removed", kw_only=True):
+class VehicleRemoved(Event, tag="vehicle_removed", frozen=True, kw_only=True):
     """A transporter removed a vehicle from its fleet."""
 
     vehicle_id: str
     transporter_id: str
 
 
-class DriverRegistered(Event, tag="driver_registered", kw_only=True):
+class DriverRegistered(Event, tag="driver_registered", frozen=True, kw_only=True):
     """A transporter added or updated one of its drivers."""
 
     driver_id: str
@@ -140,8 +142,8 @@ class DriverRegistered(Event, tag="driver_registered", kw_only=True):
     phone: str
 
 
-class BusProbe(Event, tag="bus_probe", kw_only=True):
-    """A diagnostic event with no domain effect: tests and the `bus` benchmark time the bus with it."""
+class BusProbe(Event, tag="bus_probe", frozen=True, kw_only=True):
+    """A diagnostic event with no domain effect: tests and the `bus` benchmark time the bus."""
 
     sequence: int
     payload: str = ""
@@ -163,7 +165,7 @@ DomainEvent = (
     | BusProbe
 )
 
-EVENT_TYPES: tuple[type[Event], ...] = DomainEvent.__args__  # type: ignore[attr-defined]
+EVENT_TYPES: tuple[type[Event], ...] = DomainEvent.__args__
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

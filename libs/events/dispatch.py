@@ -1,4 +1,4 @@
-"""Turning stream entries into typed events and a service's handler table into one runner handler."""
+"""Turning stream entries into typed events, and a handler table into one runner handler."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ import msgspec
 import psycopg
 import structlog
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from libs.events.codec import ENVELOPE_FIELD
 from libs.events.store import OUTBOX_CHANNEL
@@ -86,12 +87,28 @@ def wire_entry(row: Sequence[Any]) -> bytes:
     )
 
 
+# KEYS[1] is the epoch key, KEYS[2..] the target streams; ARGV the entries, one per stream key.
+# Publishes nothing and answers 0 when the epoch key is gone (Redis lost its data), so the relay
+# republishes older events first and per-stream order holds.
+_PUBLISH_IF_EPOCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #KEYS do redis.call('XADD', KEYS[i], '*', 'envelope', ARGV[i - 1]) end
+return 1
+"""
+
+
 async def publish_rows(redis: Redis, prefix: str, rows: Sequence[Sequence[Any]]) -> None:
     """XADD each row to its category stream, in order, in one round trip."""
     async with redis.pipeline(transaction=False) as pipe:
         for row in rows:
             pipe.xadd(stream_for(prefix, row[1]), {ENVELOPE_FIELD: wire_entry(row)})
         await pipe.execute()
+
+
+async def publish_if_epoch(script: AsyncScript, prefix: str, rows: Sequence[Sequence[Any]]) -> bool:
+    """Publish `rows` atomically unless Redis lost its data since the epoch was set."""
+    keys = [bus_epoch_key(prefix), *(stream_for(prefix, row[1]) for row in rows)]
+    return bool(await script(keys=keys, args=[wire_entry(row) for row in rows]))
 
 
 class OutboxRelay:
@@ -105,6 +122,7 @@ class OutboxRelay:
         self._prefix = prefix
         self._config = config or RelayConfig()
         self._wake = asyncio.Event()
+        self._publish = redis.register_script(_PUBLISH_IF_EPOCH)
         self.published = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -143,7 +161,10 @@ class OutboxRelay:
             self._wake.set()
 
     async def _drain_until(
-        self, stop: asyncio.Event, worker: psycopg.AsyncConnection[Any], listening: asyncio.Task[None]
+        self,
+        stop: asyncio.Event,
+        worker: psycopg.AsyncConnection[Any],
+        listening: asyncio.Task[None],
     ) -> None:
         while not stop.is_set():
             if listening.done():
@@ -159,7 +180,8 @@ class OutboxRelay:
         cur = await worker.execute(_PENDING, (self._config.batch_size,), prepare=True)
         rows = await cur.fetchall()
         if rows:
-            await publish_rows(self._redis, self._prefix, rows)
+            while not await publish_if_epoch(self._publish, self._prefix, rows):
+                await self._replay_if_redis_lost(worker)
             await worker.execute(
                 "DELETE FROM outbox WHERE position = ANY(%s)", ([r[0] for r in rows],)
             )
@@ -173,7 +195,9 @@ class OutboxRelay:
         cur = await worker.execute(_RECENT, (self._config.replay_window_s,))
         rows = await cur.fetchall()
         for start in range(0, len(rows), self._config.batch_size):
-            await publish_rows(self._redis, self._prefix, rows[start : start + self._config.batch_size])
+            await publish_rows(
+                self._redis, self._prefix, rows[start : start + self._config.batch_size]
+            )
         await self._redis.set(key, "1")
         log.info("relay_epoch_started", republished=len(rows))
 

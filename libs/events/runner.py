@@ -23,7 +23,8 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = structlog.get_logger(__name__)
 
@@ -93,7 +94,7 @@ class StreamRunner:
             try:
                 await self._step()
             except ResponseError as e:
-                if "NOGROUP" not in str(e):
+                if not _lost_stream_or_group(e):
                     raise
                 log.warning("runner_group_missing", stream=self.stream, group=self.group)
                 await self._ensure_group_safely()
@@ -107,7 +108,7 @@ class StreamRunner:
         if time.monotonic() >= self._next_reclaim:
             self._next_reclaim = time.monotonic() + self._config.reclaim_interval_s
             await self._reclaim()
-        reply = await self._redis.xreadgroup(
+        reply: Any = await self._redis.xreadgroup(
             self.group,
             self.consumer,
             {self.stream: ">"},
@@ -142,8 +143,12 @@ class StreamRunner:
             return False
         except Exception as e:
             self._errors[delivery.entry_id] = f"{type(e).__name__}: {e}"
-            log.exception("handler_failed", stream=self.stream, entry=delivery.entry_id,
-                          deliveries=delivery.deliveries)
+            log.exception(
+                "handler_failed",
+                stream=self.stream,
+                entry=delivery.entry_id,
+                deliveries=delivery.deliveries,
+            )
             if delivery.deliveries >= self._config.max_deliveries:
                 await self._dead_letter_entry(delivery, self._errors[delivery.entry_id])
             return False
@@ -151,8 +156,12 @@ class StreamRunner:
         return True
 
     async def _reclaim(self) -> None:
-        pending = await self._redis.xpending_range(
-            self.stream, self.group, "-", "+", self._config.batch_size,
+        pending: Any = await self._redis.xpending_range(
+            self.stream,
+            self.group,
+            "-",
+            "+",
+            self._config.batch_size,
             idle=self._config.claim_idle_ms,
         )
         if not pending:
@@ -165,7 +174,7 @@ class StreamRunner:
             await self._claim_and_run(retry)
 
     async def _claim_and_run(self, retry: dict[str, int]) -> None:
-        claimed = await self._redis.xclaim(
+        claimed: Any = await self._redis.xclaim(
             self.stream, self.group, self.consumer, self._config.claim_idle_ms, list(retry)
         )
         batch = [
@@ -176,15 +185,19 @@ class StreamRunner:
             await self._run_batch(batch)
 
     async def _dead_letter_id(self, entry_id: str, deliveries: int) -> None:
-        entries = await self._redis.xrange(self.stream, entry_id, entry_id)
+        entries: Any = await self._redis.xrange(self.stream, entry_id, entry_id)
         fields = entries[0][1] if entries else {}
         error = self._errors.get(entry_id, "delivery limit reached without an acknowledgement")
         await self._dead_letter_entry(Delivery(self.stream, entry_id, fields, deliveries), error)
 
     async def _dead_letter_entry(self, delivery: Delivery, error: str) -> None:
         record: dict[Any, Any] = {
-            "stream": self.stream, "group": self.group, "entryId": delivery.entry_id,
-            "deliveries": delivery.deliveries, "error": error[:2000], "consumer": self.consumer,
+            "stream": self.stream,
+            "group": self.group,
+            "entryId": delivery.entry_id,
+            "deliveries": delivery.deliveries,
+            "error": error[:2000],
+            "consumer": self.consumer,
         }
         record.update({b"field:" + k: v for k, v in delivery.fields.items()})
         await self._redis.xadd(
@@ -193,8 +206,14 @@ class StreamRunner:
         await self._redis.xack(self.stream, self.group, delivery.entry_id)
         self._errors.pop(delivery.entry_id, None)
         self.dead_lettered += 1
-        log.error("message_dead_lettered", stream=self.stream, group=self.group,
-                  entry=delivery.entry_id, deliveries=delivery.deliveries, error=error)
+        log.error(
+            "message_dead_lettered",
+            stream=self.stream,
+            group=self.group,
+            entry=delivery.entry_id,
+            deliveries=delivery.deliveries,
+            error=error,
+        )
 
     async def _ensure_group_safely(self) -> None:
         while True:
@@ -224,6 +243,12 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
     except ResponseError as e:
         if "BUSYGROUP" not in str(e):
             raise
+
+
+def _lost_stream_or_group(error: ResponseError) -> bool:
+    """Redis lost the stream or the group (data loss, or a key deleted while we were blocked)."""
+    text = str(error)
+    return text.startswith("NOGROUP") or "no longer exists" in text
 
 
 def _s(value: bytes | str) -> str:

@@ -1,7 +1,9 @@
 """Names of every Redis key the bus uses, all under the deployment's key prefix.
 
 Domain events of a stream `<category>-<id>` (for example `broadcast-4f2c...`) are published to
-the Redis stream `<prefix>events:<category>`.
+the Redis stream `<prefix>{bus}:events:<category>`. The event streams and the bus epoch key share
+the hash tag `{bus}`, so the relay's publish script, which touches them together, also runs on
+Redis Cluster.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ def category_of(stream_id: str) -> str:
 
 
 def events_stream(prefix: str, category: str) -> str:
-    return f"{prefix}events:{category}"
+    return f"{prefix}{{bus}}:events:{category}"
 
 
 def stream_for(prefix: str, stream_id: str) -> str:
@@ -30,4 +32,4 @@ def dead_letter_stream(prefix: str) -> str:
 
 def bus_epoch_key(prefix: str) -> str:
     """Set by the relay; its absence means Redis lost its data since the last publish."""
-    return f"{prefix}bus:epoch"
+    return f"{prefix}{{bus}}:epoch"

@@ -61,7 +61,11 @@ async def trim_stream(redis: Redis, stream: str, retention_ms: int) -> int:
 
 
 async def trim_forever(
-    redis: Redis, streams: Sequence[str], stop: asyncio.Event, *, retention_ms: int = 60_000,
+    redis: Redis,
+    streams: Sequence[str],
+    stop: asyncio.Event,
+    *,
+    retention_ms: int = 60_000,
     interval_s: float = 10.0,
 ) -> None:
     """Trim `streams` every `interval_s` until `stop` is set."""

@@ -39,7 +39,10 @@ async def health_body(pool: AsyncConnectionPool[Any], redis: Redis) -> tuple[int
     postgres, redis_state = await asyncio.gather(check_postgres(pool), check_redis(redis))
     checks = {"postgres": postgres, "redis": redis_state}
     healthy = all(v == "ok" for v in checks.values())
-    return (200 if healthy else 503), {"status": "ok" if healthy else "unavailable", "checks": checks}
+    return (200 if healthy else 503), {
+        "status": "ok" if healthy else "unavailable",
+        "checks": checks,
+    }
 
 
 def health_routes(pool: AsyncConnectionPool[Any], redis: Redis) -> list[Route]:

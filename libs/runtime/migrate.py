@@ -25,20 +25,19 @@ def available_migrations() -> list[tuple[str, str]]:
 
 def migrate(database_url: str) -> list[str]:
     """Apply every pending migration; return the names applied by this call."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
-            applied = []
-            for name, sql in available_migrations():
-                if name in done:
-                    continue
-                conn.execute(sql.encode())
-                conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
-                applied.append(name)
-                log.info("migration_applied", migration=name)
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
+        applied = []
+        for name, sql in available_migrations():
+            if name in done:
+                continue
+            conn.execute(sql.encode())
+            conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
+            applied.append(name)
+            log.info("migration_applied", migration=name)
     return applied

@@ -65,9 +65,15 @@ class ServiceSpec:
 
 
 @contextlib.asynccontextmanager
-async def open_resources(settings: Settings, service: str, instance: str) -> AsyncIterator[Resources]:
+async def open_resources(
+    settings: Settings, service: str, instance: str
+) -> AsyncIterator[Resources]:
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.database_url, min_size=2, max_size=20, open=False, name=service,
+        settings.database_url,
+        min_size=2,
+        max_size=20,
+        open=False,
+        name=service,
         kwargs={"autocommit": True},
     )
     await pool.open(wait=False)
@@ -124,9 +130,18 @@ async def run_service(spec: ServiceSpec, settings: Settings, instance: str) -> N
     install_stop_signals(stop)
     async with open_resources(settings, spec.name, instance) as resources:
         explicit = spec.port_setting(settings)
-        sock = bind_socket(settings.gateway_host, explicit or spec.default_port, explicit is not None)
-        server = _Server(uvicorn.Config(spec.app(resources), log_config=None, access_log=False,
-                                        lifespan="on", timeout_graceful_shutdown=10))
+        sock = bind_socket(
+            settings.gateway_host, explicit or spec.default_port, explicit is not None
+        )
+        server = _Server(
+            uvicorn.Config(
+                spec.app(resources),
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=10,
+            )
+        )
         log.info("service_started", port=sock.getsockname()[1], pid=os.getpid())
         coroutines = [t(resources, stop) for t in (*_shared_tasks(), *spec.tasks)]
         tasks = [asyncio.create_task(c) for c in coroutines]
@@ -164,8 +179,9 @@ def _shared_tasks() -> tuple[Task, ...]:
 
 
 async def _relay(resources: Resources, stop: asyncio.Event) -> None:
-    relay = OutboxRelay(resources.settings.database_url, resources.redis,
-                        resources.settings.redis_key_prefix)
+    relay = OutboxRelay(
+        resources.settings.database_url, resources.redis, resources.settings.redis_key_prefix
+    )
     await relay.run(stop)
 
 

@@ -57,4 +57,4 @@ def _principal(claims: dict[str, object]) -> Principal:
         raise InvalidToken("sub is malformed")
     if role not in ROLES:
         raise InvalidToken("role is unknown")
-    return Principal(sub=sub, role=role)  # type: ignore[arg-type]
+    return Principal(sub=sub, role=role)

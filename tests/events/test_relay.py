@@ -1,0 +1,129 @@
+"""The outbox relay: committed events reach Redis once, even when the writer died, one leader at a
+time, and recent events are republished after Redis lost its data."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+from redis.asyncio import Redis
+
+from libs.events.codec import envelope_from_fields
+from libs.events.relay import OutboxRelay, RelayConfig
+from libs.events.streams import events_stream
+from tests.events.helpers import append_probes, eventually
+
+WRITER = """
+import asyncio, os, signal, sys
+import psycopg
+from libs.events.catalogue import BusProbe
+from libs.events.store import append
+
+async def main():
+    async with await psycopg.AsyncConnection.connect(sys.argv[1], autocommit=True) as c:
+        async with c.transaction():
+            await append(c, sys.argv[2], 0, [BusProbe(sequence=7)])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+async def relay_task(database_url: str, redis: Redis, prefix: str) -> AsyncIterator[OutboxRelay]:
+    relay = OutboxRelay(database_url, redis, prefix, RelayConfig(poll_interval_s=0.2))
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    yield relay
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def _entries(redis: Redis, stream: str) -> list[tuple[str, int]]:
+    rows = await redis.xrange(stream)
+    return [(e.stream_id, e.version) for e in (envelope_from_fields(f) for _, f in rows)]
+
+
+async def _drain_outbox(database_url: str) -> None:
+    """Earlier tests share the database: make sure their events are not in this test's way."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as c:
+        await c.execute("DELETE FROM outbox")
+
+
+async def test_event_committed_by_a_writer_killed_before_publishing_is_published(
+    database_url: str, redis: Redis, prefix: str
+) -> None:
+    """A writer SIGKILLed right after its commit still gets its event onto the Redis stream."""
+    await _drain_outbox(database_url)
+    stream_id = f"probe-{uuid.uuid4()}"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    done = subprocess.run(
+        [sys.executable, "-c", WRITER, database_url, stream_id], env=env, check=False
+    )
+    assert done.returncode == -9
+    target = events_stream(prefix, "probe")
+    assert await redis.xlen(target) == 0
+    relay = OutboxRelay(database_url, redis, prefix, RelayConfig(poll_interval_s=0.2))
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await eventually(lambda: _has(redis, target, stream_id))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert (stream_id, 1) in await _entries(redis, target)
+
+
+async def _has(redis: Redis, stream: str, stream_id: str) -> bool:
+    return any(s == stream_id for s, _ in await _entries(redis, stream))
+
+
+async def test_two_relays_publish_every_event_exactly_once_in_order(
+    database_url: str, redis: Redis, prefix: str, conn: psycopg.AsyncConnection
+) -> None:
+    """With two relays running, each committed event appears once, in version order."""
+    await _drain_outbox(database_url)
+    relays = [
+        OutboxRelay(database_url, redis, prefix, RelayConfig(poll_interval_s=0.2)) for _ in range(2)
+    ]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(r.run(stop)) for r in relays]
+    stream_id, target = f"probe-{uuid.uuid4()}", events_stream(prefix, "probe")
+    try:
+        await append_probes(conn, stream_id, 150)
+        await eventually(lambda: _count(redis, target, stream_id, 150))
+    finally:
+        stop.set()
+        await asyncio.gather(*(asyncio.wait_for(t, 10) for t in tasks))
+    mine = [v for s, v in await _entries(redis, target) if s == stream_id]
+    assert mine == list(range(1, 151))
+    assert sorted(r.published > 0 for r in relays) == [False, True]
+
+
+async def _count(redis: Redis, stream: str, stream_id: str, expected: int) -> bool:
+    return sum(s == stream_id for s, _ in await _entries(redis, stream)) >= expected
+
+
+async def test_recent_events_are_republished_after_redis_lost_its_data(
+    database_url: str,
+    redis: Redis,
+    prefix: str,
+    conn: psycopg.AsyncConnection,
+    relay_task: OutboxRelay,
+) -> None:
+    """After every key under the prefix is deleted, recent events return, then new ones follow."""
+    stream_id, target = f"probe-{uuid.uuid4()}", events_stream(prefix, "probe")
+    await append_probes(conn, stream_id, 3)
+    await eventually(lambda: _count(redis, target, stream_id, 3))
+    keys = [k async for k in redis.scan_iter(match=f"{prefix}*")]
+    await redis.delete(*keys)
+    await append_probes(conn, stream_id, 1, start=3)
+    await eventually(lambda: _count(redis, target, stream_id, 4))
+    mine = [v for s, v in await _entries(redis, target) if s == stream_id]
+    assert mine == [1, 2, 3, 4]
