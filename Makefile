@@ -1,13 +1,13 @@
 # Weelo dispatch backend. `make run` starts everything; `make test` runs the whole suite.
 SHELL := /bin/bash
 VENV := .venv
-PY := $(VENV)/bin/python
-UV ?= $(shell command -v uv 2>/dev/null || echo $(VENV)/bin/uv)
+TOOLS := .tools
+UV ?= $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 
 .PHONY: run test lint bench docs venv clean
 
 $(VENV)/.synced: pyproject.toml uv.lock
-	@command -v uv >/dev/null 2>&1 || (python3 -m venv $(VENV) && $(VENV)/bin/pip install -q uv)
+	@command -v $(UV) >/dev/null 2>&1 || (python3 -m venv $(TOOLS) && $(TOOLS)/bin/pip install -q uv)
 	$(UV) sync --frozen --python python3
 	@touch $@
 
@@ -32,4 +32,4 @@ docs: venv
 	$(VENV)/bin/weelo docs events > docs/events.md
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

@@ -33,17 +33,22 @@ log = structlog.get_logger(__name__)
 
 RELAY_LOCK = 0x72656C6179  # "relay"
 
-_PENDING = """
+_TAKE_PENDING = """
+WITH taken AS (
+    DELETE FROM outbox
+    WHERE position IN (SELECT position FROM outbox ORDER BY position LIMIT %s)
+    RETURNING position
+)
 SELECT e.position, e.stream_id, e.event_id, e.version, e.recorded_at, e.correlation_id,
        e.data::text
-FROM outbox o JOIN events e ON e.position = o.position
-ORDER BY o.position LIMIT %s
+FROM taken JOIN events e ON e.position = taken.position
+ORDER BY e.position
 """
 _RECENT = """
 SELECT e.position, e.stream_id, e.event_id, e.version, e.recorded_at, e.correlation_id,
        e.data::text
 FROM events e
-WHERE e.recorded_at > now() - make_interval(secs => %s)
+WHERE e.recorded_at > now() - make_interval(secs => %s) AND e.position < %s
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.position = e.position)
 ORDER BY e.position
 """
@@ -177,22 +182,23 @@ class OutboxRelay:
             await _wait_any(stop, self._wake, self._config.poll_interval_s)
 
     async def _publish_batch(self, worker: psycopg.AsyncConnection[Any]) -> int:
-        cur = await worker.execute(_PENDING, (self._config.batch_size,), prepare=True)
-        rows = await cur.fetchall()
-        if rows:
-            while not await publish_if_epoch(self._publish, self._prefix, rows):
-                await self._replay_if_redis_lost(worker)
-            await worker.execute(
-                "DELETE FROM outbox WHERE position = ANY(%s)", ([r[0] for r in rows],)
-            )
-            self.published += len(rows)
+        """Take a batch off the outbox and publish it; the removal commits only if it was sent."""
+        async with worker.transaction():
+            cur = await worker.execute(_TAKE_PENDING, (self._config.batch_size,), prepare=True)
+            rows = await cur.fetchall()
+            while rows and not await publish_if_epoch(self._publish, self._prefix, rows):
+                await self._replay_if_redis_lost(worker, below=rows[0][0])
+        self.published += len(rows)
         return len(rows)
 
-    async def _replay_if_redis_lost(self, worker: psycopg.AsyncConnection[Any]) -> None:
+    async def _replay_if_redis_lost(
+        self, worker: psycopg.AsyncConnection[Any], below: int = 2**63 - 1
+    ) -> None:
+        """Republish recent published events (positions under `below`) if Redis lost its data."""
         key = bus_epoch_key(self._prefix)
         if await self._redis.exists(key):
             return
-        cur = await worker.execute(_RECENT, (self._config.replay_window_s,))
+        cur = await worker.execute(_RECENT, (self._config.replay_window_s, below))
         rows = await cur.fetchall()
         for start in range(0, len(rows), self._config.batch_size):
             await publish_rows(

@@ -1,0 +1,1 @@
+"""Benchmark scenarios; `make bench` runs them and writes docs/benchmarks.md."""
