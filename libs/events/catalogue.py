@@ -71,12 +71,19 @@ class BroadcastFilled(Event, tag="broadcast_filled", frozen=True, kw_only=True):
     broadcast_id: str
 
 
+class CancelledAssignment(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    assignment_id: str
+    transporter_id: str
+    driver_id: str | None = None
+
+
 class BroadcastCancelled(Event, tag="broadcast_cancelled", frozen=True, kw_only=True):
-    """The customer cancelled; open requests closed and assignments cancelled."""
+    """The customer cancelled; open requests closed and every assignment cancelled."""
 
     broadcast_id: str
+    customer_id: str
     reason: str | None = None
-    cancelled_assignments: tuple[str, ...] = ()
+    cancelled_assignments: tuple[CancelledAssignment, ...] = ()
 
 
 class BroadcastExpired(Event, tag="broadcast_expired", frozen=True, kw_only=True):
@@ -94,15 +101,6 @@ class DriverAssigned(Event, tag="driver_assigned", frozen=True, kw_only=True):
     transporter_id: str
     driver_id: str
     vehicle_id: str
-
-
-class AssignmentCancelled(Event, tag="assignment_cancelled", frozen=True, kw_only=True):
-    """An assignment ended because its broadcast was cancelled."""
-
-    assignment_id: str
-    broadcast_id: str
-    transporter_id: str
-    driver_id: str | None = None
 
 
 class DriverAvailabilityChanged(
@@ -157,7 +155,6 @@ DomainEvent = (
     | BroadcastCancelled
     | BroadcastExpired
     | DriverAssigned
-    | AssignmentCancelled
     | DriverAvailabilityChanged
     | VehicleRegistered
     | VehicleRemoved
