@@ -114,3 +114,26 @@ def service_env(database_url: str, redis_url: str, prefix: str, tmp_path: Path) 
         JWT_REFRESH_SECRET="test-refresh-secret-" + RUN,
     )
     return env
+
+
+@pytest.fixture(scope="module")
+def module_prefix() -> str:
+    """A Redis key prefix shared by one test module's service processes."""
+    return f"test-{RUN}-m{next(_prefixes)}:"
+
+
+@pytest.fixture(scope="module")
+def service_env_module(
+    database_url: str, redis_url: str, module_prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Like `service_env`, for service processes shared by a whole test module."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "PYTEST_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        REDIS_KEY_PREFIX=module_prefix,
+        WEELO_STATE_DIR=str(tmp_path_factory.mktemp("state")),
+        JWT_SECRET="test-access-secret-" + RUN,
+        JWT_REFRESH_SECRET="test-refresh-secret-" + RUN,
+    )
+    return env

@@ -49,7 +49,9 @@ Conn = psycopg.AsyncConnection[Any]
 CommandFn = Callable[[Conn, Any], Awaitable[msgspec.Struct]]
 CommandTable = Mapping[type[Command], CommandFn]
 
-UNAVAILABLE = Failure(code="unavailable", message="A dependency is unavailable; nothing was changed")
+UNAVAILABLE = Failure(
+    code="unavailable", message="A dependency is unavailable; nothing was changed"
+)
 CONFLICT_RETRIES = 8
 
 
@@ -81,12 +83,19 @@ class CommandClient:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def send(
-        self, command: AnyCommand, *, command_id: str | None = None, correlation_id: str | None = None
+        self,
+        command: AnyCommand,
+        *,
+        command_id: str | None = None,
+        correlation_id: str | None = None,
     ) -> Reply:
         """Send `command` to its service; its reply, or `CommandTimeout`."""
         envelope = CommandEnvelope(
-            command_id=command_id or str(uuid.uuid4()), reply_to=self._channel,
-            deadline=time.time() + self._timeout, correlation_id=correlation_id, command=command,
+            command_id=command_id or str(uuid.uuid4()),
+            reply_to=self._channel,
+            deadline=time.time() + self._timeout,
+            correlation_id=correlation_id,
+            command=command,
         )
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[envelope.command_id] = future
@@ -197,7 +206,9 @@ async def _attempt(
             return Reply(command_id=command_id, failure=e.failure)
         except _Duplicate:
             stored = await _stored_reply(conn, command_id)
-            raise _AlreadyExecuted(stored or Reply(command_id=command_id, failure=UNAVAILABLE)) from None
+            raise _AlreadyExecuted(
+                stored or Reply(command_id=command_id, failure=UNAVAILABLE)
+            ) from None
     return Reply(command_id=command_id, result=msgspec.Raw(raw))
 
 

@@ -46,6 +46,7 @@ class BroadcastCreated(Event, tag="broadcast_created", frozen=True, kw_only=True
     drop: Location
     note: str | None = None
     truck_requests: tuple[TruckSlot, ...]
+    created_at: datetime
     expires_at: datetime
     request_hash: str = ""
 

@@ -85,7 +85,8 @@ class ExpireBroadcast(Command, tag="expire_broadcast", frozen=True, kw_only=True
 
 
 class AcceptSlots(Command, tag="accept_slots", frozen=True, kw_only=True):
-    """Claim `quantity` open slots of `vehicle_type`, or the one slot `truck_request_id`."""
+    """Claim `quantity` open slots of `vehicle_type`, or the one slot `truck_request_id` (whose
+    vehicle type the sender also gives, so a refusal can say how many of that type are left)."""
 
     transporter_id: str
     broadcast_id: str
@@ -157,9 +158,14 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     details: dict[str, Any] = {}
 
 
+NO_RESULT = msgspec.Raw(b"null")
+
+
 class Reply(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A command's outcome: `failure` when refused, else `result` (the handler's JSON)."""
+
     command_id: str
-    result: msgspec.Raw | None = None
+    result: msgspec.Raw = NO_RESULT
     failure: Failure | None = None
     replayed: bool = False
 

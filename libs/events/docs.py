@@ -44,35 +44,33 @@ or removed; a field added later has a default.
 """
 
 
+_SIMPLE = {
+    msgspec.inspect.StrType: "string",
+    msgspec.inspect.IntType: "integer",
+    msgspec.inspect.FloatType: "number",
+    msgspec.inspect.BoolType: "boolean",
+    msgspec.inspect.DateTimeType: "time (ISO 8601, UTC)",
+    msgspec.inspect.NoneType: "null",
+}
+
+
 def _type_name(info: msgspec.inspect.Type) -> str:
+    if type(info) in _SIMPLE:
+        return _SIMPLE[type(info)]
     match info:
-        case msgspec.inspect.StrType() | msgspec.inspect.LiteralType(values=[str(), *_]):
-            return _literal(info) or "string"
-        case msgspec.inspect.IntType():
-            return "integer"
-        case msgspec.inspect.FloatType():
-            return "number"
-        case msgspec.inspect.BoolType():
-            return "boolean"
-        case msgspec.inspect.DateTimeType():
-            return "time (ISO 8601, UTC)"
+        case msgspec.inspect.LiteralType(values=values):
+            return " \\| ".join(f"`{v}`" for v in values)
         case msgspec.inspect.UnionType(types=types) if len(types) > 3:
             return "one of the event types below"
         case msgspec.inspect.UnionType(types=types):
             return " or ".join(_type_name(t) for t in types)
-        case msgspec.inspect.NoneType():
-            return "null"
-        case msgspec.inspect.VarTupleType(item_type=item) | msgspec.inspect.ListType(item_type=item):
+        case (
+            msgspec.inspect.VarTupleType(item_type=item) | msgspec.inspect.ListType(item_type=item)
+        ):
             return f"list of {_type_name(item)}"
         case msgspec.inspect.StructType(cls=cls):
             return f"`{cls.__name__}` object"
     return type(info).__name__
-
-
-def _literal(info: msgspec.inspect.Type) -> str | None:
-    if isinstance(info, msgspec.inspect.LiteralType):
-        return " \\| ".join(f"`{v}`" for v in info.values)
-    return None
 
 
 def _fields_table(cls: type[msgspec.Struct]) -> str:
@@ -82,7 +80,9 @@ def _fields_table(cls: type[msgspec.Struct]) -> str:
     if info.tag_field:
         rows.append(f"| `{info.tag_field}` | `{info.tag}` | yes |")
     for f in info.fields:
-        rows.append(f"| `{f.encode_name}` | {_type_name(f.type)} | {'yes' if f.required else 'no'} |")
+        rows.append(
+            f"| `{f.encode_name}` | {_type_name(f.type)} | {'yes' if f.required else 'no'} |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -102,7 +102,9 @@ def _nested_types() -> str:
 
 
 def render_events_doc() -> str:
-    streams = "".join(f"| `<prefix>{{bus}}:events:{c}` | events of `{c}-…` streams |\n" for c in CATEGORIES)
+    streams = "".join(
+        f"| `<prefix>{{bus}}:events:{c}` | events of `{c}-…` streams |\n" for c in CATEGORIES
+    )
     header = _HEADER.format(streams=streams, envelope=_fields_table(Envelope))
     sections = [_event_section(cls) for cls in EVENT_TYPES]
     return header + "\n" + "\n".join(sections) + "\n" + _nested_types()

@@ -83,8 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     instance = instance_id(args.service)
     configure_logging(args.service, instance, os.environ.get("LOG_LEVEL", "INFO"))
     spec = importlib.import_module(f"services.{args.service}.main").SERVICE
-    uvloop.run(run_service(spec, settings, instance))
-    return 0
+    return uvloop.run(run_service(spec, settings, instance))
 
 
 def _migrate(_args: argparse.Namespace) -> int:

@@ -124,8 +124,8 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, on_signal, sig.name)
 
 
-async def run_service(spec: ServiceSpec, settings: Settings, instance: str) -> None:
-    """Run `spec` until SIGTERM or SIGINT, then stop cleanly."""
+async def run_service(spec: ServiceSpec, settings: Settings, instance: str) -> int:
+    """Run `spec` until SIGTERM or SIGINT, then stop cleanly; non-zero if a task crashed."""
     stop = asyncio.Event()
     install_stop_signals(stop)
     async with open_resources(settings, spec.name, instance) as resources:
@@ -146,23 +146,29 @@ async def run_service(spec: ServiceSpec, settings: Settings, instance: str) -> N
         coroutines = [t(resources, stop) for t in (*_shared_tasks(), *spec.tasks)]
         tasks = [asyncio.create_task(c) for c in coroutines]
         serving = asyncio.create_task(server.serve(sockets=[sock]))
-        await _until_stopped(stop, serving, tasks)
+        crashed = await _until_stopped(stop, serving, tasks)
         server.should_exit = True
         await _finish(tasks, serving)
-    log.info("service_stopped")
+    log.info("service_stopped", crashed=crashed)
+    return 1 if crashed else 0
 
 
 async def _until_stopped(
     stop: asyncio.Event, serving: asyncio.Task[None], tasks: list[asyncio.Task[None]]
-) -> None:
-    """Wait for the stop signal; a task or the server ending early also stops the service."""
+) -> bool:
+    """Wait for the stop signal; a task or the server ending early also stops the service.
+
+    True when something ended before it was asked to (a crash).
+    """
     stopping = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopping, serving, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
-        if task is not stopping and task.exception() is not None:
-            log.error("task_crashed", error=repr(task.exception()))
+    crashed = stopping not in done
+    for task in done - {stopping}:
+        error = task.exception()
+        log.error("task_ended_early", task=task.get_name(), error=repr(error) if error else None)
     stop.set()
     stopping.cancel()
+    return crashed
 
 
 async def _finish(tasks: list[asyncio.Task[None]], serving: asyncio.Task[None]) -> None:

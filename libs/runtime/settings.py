@@ -97,15 +97,24 @@ def _jwt_keys(env: Mapping[str, str], directory: Path) -> dict[str, Any]:
 
 
 def local_secret(directory: Path, name: str) -> str:
-    """Read a key generated once under `directory`, creating it (mode 0600) if missing."""
+    """Read a key generated once under `directory`, creating it (mode 0600) if missing.
+
+    The key is written to a temporary file and linked into place, so processes starting at the
+    same moment all read the one complete key that won.
+    """
     path = directory / "secrets" / name
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    value = secrets.token_urlsafe(48)
-    try:
-        with open(path, "x", opener=lambda p, f: os.open(p, f, 0o600)) as handle:
-            handle.write(value)
-    except FileExistsError:
-        return path.read_text().strip()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        draft = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
+        draft.write_text(secrets.token_urlsafe(48))
+        draft.chmod(0o600)
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    value = path.read_text().strip()
+    if not value:
+        raise SettingsError(f"{path} is empty: delete it to generate a new key")
     return value

@@ -1,0 +1,168 @@
+"""The broadcast read models (`broadcasts`, `truck_requests`, `broadcast_recipients`,
+`assignments`), written by the services in the same transaction as the events they follow."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import psycopg
+
+from libs.events.catalogue import AcceptedSlot, BroadcastCreated, Location
+from libs.runtime.clock import iso_ms
+
+Conn = psycopg.AsyncConnection[Any]
+ACTIVE_STATES = ("broadcasting", "partially_filled")
+TERMINAL_STATES = ("fully_filled", "expired", "cancelled")
+
+
+@dataclass(frozen=True)
+class BroadcastRow:
+    """What a writer needs to decide: the broadcast's owner, state, version and deadline."""
+
+    broadcast_id: str
+    customer_id: str
+    state: str
+    version: int
+    expires_at: datetime
+
+
+def history_entry(state: str, at: datetime) -> dict[str, str]:
+    return {"state": state, "at": iso_ms(at)}
+
+
+def _location(value: Location) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+async def lock_broadcast(conn: Conn, broadcast_id: str) -> BroadcastRow | None:
+    """Read a broadcast and lock its row until the transaction ends: writers queue here."""
+    cur = await conn.execute(
+        "SELECT customer_id, state, version, expires_at FROM broadcasts"
+        " WHERE broadcast_id = %s FOR UPDATE",
+        (broadcast_id,),
+        prepare=True,
+    )
+    row = await cur.fetchone()
+    return BroadcastRow(broadcast_id, *row) if row else None
+
+
+async def insert_broadcast(
+    conn: Conn,
+    created: BroadcastCreated,
+    states: Sequence[str],
+    notified: Sequence[str],
+    *,
+    version: int,
+    end_reason: str | None = None,
+) -> None:
+    """Insert a new broadcast, its truck requests and its recipients."""
+    at = created.created_at
+    history = msgspec.json.encode([history_entry(s, at) for s in states]).decode()
+    await conn.execute(
+        "INSERT INTO broadcasts (broadcast_id, customer_id, state, end_reason, created_at,"
+        " expires_at, state_changed_at, pickup, drop_location, note, notified_count,"
+        " request_hash, history, version)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s::jsonb, %s)",
+        (
+            created.broadcast_id,
+            created.customer_id,
+            states[-1],
+            end_reason,
+            at,
+            created.expires_at,
+            at,
+            _location(created.pickup),
+            _location(created.drop),
+            created.note,
+            len(notified),
+            created.request_hash,
+            history,
+            version,
+        ),
+    )
+    slots = created.truck_requests
+    await conn.execute(
+        "INSERT INTO truck_requests (truck_request_id, broadcast_id, slot, vehicle_type, state)"
+        " SELECT id, %s, n, t, %s"
+        " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS x(id, t, n)",
+        (
+            created.broadcast_id,
+            "expired" if end_reason else "open",
+            [s.truck_request_id for s in slots],
+            [s.vehicle_type for s in slots],
+        ),
+    )
+    await conn.execute(
+        "INSERT INTO broadcast_recipients (broadcast_id, transporter_id)"
+        " SELECT %s, unnest(%s::text[])",
+        (created.broadcast_id, list(notified)),
+    )
+
+
+async def change_state(
+    conn: Conn,
+    broadcast_id: str,
+    state: str,
+    *,
+    at: datetime,
+    version: int,
+    end_reason: str | None = None,
+) -> None:
+    """Move a broadcast to `state`, recording the transition in its history."""
+    entry = msgspec.json.encode([history_entry(state, at)]).decode()
+    await conn.execute(
+        "UPDATE broadcasts SET state = %s, end_reason = coalesce(%s, end_reason),"
+        " state_changed_at = %s, history = history || %s::jsonb, version = %s"
+        " WHERE broadcast_id = %s",
+        (state, end_reason, at, entry, version, broadcast_id),
+        prepare=True,
+    )
+
+
+async def set_version(conn: Conn, broadcast_id: str, version: int) -> None:
+    await conn.execute(
+        "UPDATE broadcasts SET version = %s WHERE broadcast_id = %s",
+        (version, broadcast_id),
+        prepare=True,
+    )
+
+
+async def close_truck_requests(
+    conn: Conn, broadcast_id: str, states: Sequence[str], to: str
+) -> None:
+    await conn.execute(
+        "UPDATE truck_requests SET state = %s WHERE broadcast_id = %s AND state = ANY(%s)",
+        (to, broadcast_id, list(states)),
+    )
+
+
+async def accept_truck_requests(
+    conn: Conn,
+    broadcast_id: str,
+    transporter_id: str,
+    slots: Sequence[AcceptedSlot],
+    *,
+    at: datetime,
+) -> None:
+    """Mark `slots` accepted by `transporter_id` and create their assignments."""
+    ids = [s.truck_request_id for s in slots]
+    assignment_ids = [s.assignment_id for s in slots]
+    await conn.execute(
+        "UPDATE truck_requests t SET state = 'accepted', transporter_id = %s,"
+        " assignment_id = x.a FROM unnest(%s::text[], %s::text[]) AS x(id, a)"
+        " WHERE t.truck_request_id = x.id",
+        (transporter_id, ids, assignment_ids),
+        prepare=True,
+    )
+    await conn.execute(
+        "INSERT INTO assignments (assignment_id, broadcast_id, truck_request_id, transporter_id,"
+        " vehicle_type, state, created_at)"
+        " SELECT a, %s, id, %s, t, 'accepted', %s"
+        " FROM unnest(%s::text[], %s::text[], %s::text[]) AS x(a, id, t)",
+        (broadcast_id, transporter_id, at, assignment_ids, ids, [s.vehicle_type for s in slots]),
+        prepare=True,
+    )

@@ -1,0 +1,14 @@
+"""What the broadcast service's handlers depend on, passed in by its bootstrap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from libs.runtime.clock import Clock, utc_now
+
+
+@dataclass(frozen=True)
+class BroadcastDeps:
+    timeout_s: float
+    radius_km: float
+    clock: Clock = field(default=utc_now)

@@ -1,0 +1,102 @@
+"""The fleet registry: transporters' vehicles and drivers (CONTRACT.md section 3).
+
+Each vehicle and each driver is its own event stream (`fleet-vehicle.<id>`, `fleet-driver.<id>`);
+the `vehicles` and `drivers` tables are their read models, written in the same transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from libs.events.catalogue import DriverRegistered, VehicleRegistered, VehicleRemoved
+from libs.events.commands import Done, RegisterDriver, RegisterVehicle, Rejected, RemoveVehicle
+from libs.events.store import append
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+async def _owner_and_version(
+    conn: Conn, table: str, key: str, ident: str
+) -> tuple[str, int] | None:
+    cur = await conn.execute(
+        f"SELECT transporter_id, version FROM {table} WHERE {key} = %s FOR UPDATE",  # noqa: S608
+        (ident,),
+    )
+    row = await cur.fetchone()
+    return (row[0], row[1]) if row else None
+
+
+async def register_vehicle(conn: Conn, cmd: RegisterVehicle) -> Done:
+    """Add or move a vehicle; a vehicle id owned by another transporter is `vehicle_taken`."""
+    current = await _owner_and_version(conn, "vehicles", "vehicle_id", cmd.vehicle_id)
+    if current and current[0] != cmd.transporter_id:
+        raise Rejected("vehicle_taken", "Vehicle is registered to another transporter")
+    version = current[1] if current else 0
+    await append(
+        conn,
+        f"fleet-vehicle.{cmd.vehicle_id}",
+        version,
+        [
+            VehicleRegistered(
+                vehicle_id=cmd.vehicle_id,
+                transporter_id=cmd.transporter_id,
+                vehicle_type=cmd.vehicle_type,
+                lat=cmd.lat,
+                lng=cmd.lng,
+            )
+        ],
+    )
+    await conn.execute(
+        "INSERT INTO vehicles (vehicle_id, transporter_id, vehicle_type, lat, lng, version)"
+        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (vehicle_id) DO UPDATE SET"
+        " vehicle_type = EXCLUDED.vehicle_type, lat = EXCLUDED.lat, lng = EXCLUDED.lng,"
+        " version = EXCLUDED.version, updated_at = now()",
+        (cmd.vehicle_id, cmd.transporter_id, cmd.vehicle_type, cmd.lat, cmd.lng, version + 1),
+    )
+    return Done()
+
+
+async def remove_vehicle(conn: Conn, cmd: RemoveVehicle) -> Done:
+    """Remove a vehicle of this transporter; someone else's vehicle is `not_found`."""
+    current = await _owner_and_version(conn, "vehicles", "vehicle_id", cmd.vehicle_id)
+    if not current or current[0] != cmd.transporter_id:
+        raise Rejected("not_found", "Vehicle not found")
+    await append(
+        conn,
+        f"fleet-vehicle.{cmd.vehicle_id}",
+        current[1],
+        [VehicleRemoved(vehicle_id=cmd.vehicle_id, transporter_id=cmd.transporter_id)],
+    )
+    await conn.execute("DELETE FROM vehicles WHERE vehicle_id = %s", (cmd.vehicle_id,))
+    return Done()
+
+
+async def register_driver(conn: Conn, cmd: RegisterDriver) -> Done:
+    """Add or update a driver; a driver registered to another transporter is `driver_taken`."""
+    current = await _owner_and_version(conn, "drivers", "driver_id", cmd.driver_id)
+    if current and current[0] != cmd.transporter_id:
+        raise Rejected("driver_taken", "Driver is registered to another transporter")
+    version = current[1] if current else 0
+    await append(
+        conn,
+        f"fleet-driver.{cmd.driver_id}",
+        version,
+        [
+            DriverRegistered(
+                driver_id=cmd.driver_id,
+                transporter_id=cmd.transporter_id,
+                name=cmd.name,
+                phone=cmd.phone,
+            )
+        ],
+    )
+    await conn.execute(
+        "INSERT INTO drivers (driver_id, transporter_id, name, phone, version)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (driver_id) DO UPDATE SET"
+        " name = EXCLUDED.name, phone = EXCLUDED.phone, version = EXCLUDED.version,"
+        " updated_at = now()",
+        (cmd.driver_id, cmd.transporter_id, cmd.name, cmd.phone, version + 1),
+    )
+    return Done()

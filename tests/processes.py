@@ -1,0 +1,87 @@
+"""Running services as real processes in tests, and waiting until they answer /health."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not healthy(port):
+        if proc.poll() is not None:
+            raise RuntimeError(f"service on port {port} exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"service on port {port} not healthy within {timeout} s")
+        time.sleep(0.05)
+
+
+class Service:
+    """One `weelo run SERVICE` process with its own health port."""
+
+    def __init__(self, name: str, env: dict[str, str], port: int | None = None) -> None:
+        self.name, self.port = name, port or free_port()
+        key = "GATEWAY_PORT" if name == "gateway" else "HEALTH_PORT"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "libs.runtime.cli", "run", name],
+            env={**env, key: str(self.port)},
+            cwd=ROOT,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+@contextlib.contextmanager
+def services(names: Sequence[str], env: dict[str, str]) -> Iterator[dict[str, Service]]:
+    """Start each named service, wait for every /health, stop them all afterwards."""
+    started: dict[str, Service] = {}
+    try:
+        for name in names:
+            key = name if name not in started else f"{name}-{len(started)}"
+            started[key] = Service(name, env)
+        for service in started.values():
+            wait_healthy(service.port, service.proc)
+        yield started
+    finally:
+        for service in started.values():
+            service.stop()
+
+
+def environment(base: dict[str, str], **overrides: str) -> dict[str, str]:
+    return {
+        **base,
+        **overrides,
+        "PYTHONPATH": str(ROOT),
+        "LOG_LEVEL": os.environ.get("TEST_LOG_LEVEL", "WARNING"),
+    }
