@@ -77,13 +77,6 @@ class CancelBroadcast(Command, tag="cancel_broadcast", frozen=True, kw_only=True
         return f"broadcast:{self.broadcast_id}"
 
 
-class ExpireBroadcast(Command, tag="expire_broadcast", frozen=True, kw_only=True):
-    broadcast_id: str
-
-    def ordering_key(self) -> str:
-        return f"broadcast:{self.broadcast_id}"
-
-
 class AcceptSlots(Command, tag="accept_slots", frozen=True, kw_only=True):
     """Claim `quantity` open slots of `vehicle_type`, or the one slot `truck_request_id` (whose
     vehicle type the sender also gives, so a refusal can say how many of that type are left)."""
@@ -122,7 +115,6 @@ AnyCommand = (
     | RegisterDriver
     | CreateBroadcast
     | CancelBroadcast
-    | ExpireBroadcast
     | AcceptSlots
     | AssignDriver
     | SetAvailability
@@ -135,7 +127,6 @@ ROUTES: dict[type[Command], str] = {
     RegisterDriver: "broadcast",
     CreateBroadcast: "broadcast",
     CancelBroadcast: "broadcast",
-    ExpireBroadcast: "broadcast",
     AcceptSlots: "acceptance",
     AssignDriver: "acceptance",
     SetAvailability: "presence",

@@ -11,20 +11,18 @@ from libs.events.commands import (
     CancelBroadcast,
     Command,
     CreateBroadcast,
-    ExpireBroadcast,
     RegisterDriver,
     RegisterVehicle,
     RemoveVehicle,
 )
 from services.broadcast.deps import BroadcastDeps
 from services.broadcast.fleet import register_driver, register_vehicle, remove_vehicle
-from services.broadcast.lifecycle import cancel_broadcast, expire_broadcast
+from services.broadcast.lifecycle import cancel_broadcast
 from services.broadcast.search import create_broadcast
 
 NEEDS_DEPS: dict[type[Command], Callable[..., Awaitable[Any]]] = {
     CreateBroadcast: create_broadcast,
     CancelBroadcast: cancel_broadcast,
-    ExpireBroadcast: expire_broadcast,
 }
 
 HANDLERS: dict[type[Command], Callable[..., Awaitable[Any]]] = {

@@ -1,7 +1,7 @@
-"""Ending a broadcast: cancel by its customer, expiry at `expiresAt`.
+"""Cancelling a broadcast (its customer's request).
 
-Both lock the broadcast's row first, so they queue with accepts on the same broadcast: whichever
-commits first wins, and the other decides on what it left.
+It locks the broadcast's row first, so it queues with claims and expiry of the same broadcast:
+whichever commits first wins, and the other decides on what it left.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from typing import Any
 
 import psycopg
 
-from libs.events.catalogue import BroadcastCancelled, BroadcastExpired, CancelledAssignment
-from libs.events.commands import BroadcastRef, CancelBroadcast, Done, ExpireBroadcast, Rejected
+from libs.events.catalogue import BroadcastCancelled, CancelledAssignment
+from libs.events.commands import BroadcastRef, CancelBroadcast, Rejected
 from libs.events.store import append
 from libs.readmodel.broadcasts import (
-    ACTIVE_STATES,
     change_state,
     close_truck_requests,
     lock_broadcast,
@@ -69,22 +68,3 @@ async def cancel_broadcast(deps: BroadcastDeps, conn: Conn, cmd: CancelBroadcast
         (row.broadcast_id,),
     )
     return BroadcastRef(broadcast_id=row.broadcast_id)
-
-
-async def expire_broadcast(deps: BroadcastDeps, conn: Conn, cmd: ExpireBroadcast) -> Done:
-    """Expire an active broadcast whose `expiresAt` has passed; anything else is left alone."""
-    row = await lock_broadcast(conn, cmd.broadcast_id)
-    now = deps.clock()
-    if row is None or row.state not in ACTIVE_STATES or now < row.expires_at:
-        return Done()
-    await append(
-        conn,
-        f"broadcast-{row.broadcast_id}",
-        row.version,
-        [BroadcastExpired(broadcast_id=row.broadcast_id, end_reason="timeout")],
-    )
-    await change_state(
-        conn, row.broadcast_id, "expired", at=now, version=row.version + 1, end_reason="timeout"
-    )
-    await close_truck_requests(conn, row.broadcast_id, ("open",), "expired")
-    return Done()

@@ -1,0 +1,76 @@
+"""The timer service on one screen: which broadcast event schedules or forgets which timer.
+
+The timer service owns every piece of Redis state that names a broadcast (its timer), so the
+one cleanup path for every terminal state is `forget` here: a broadcast that is fully filled,
+cancelled or expired leaves no Redis key or set member behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from libs.events.catalogue import (
+    BroadcastCancelled,
+    BroadcastCreated,
+    BroadcastExpired,
+    BroadcastFilled,
+    Envelope,
+    Event,
+)
+from libs.events.dispatch import EventHandler
+from services.timer.store import TimerStore
+
+
+@dataclass(frozen=True)
+class TimerDeps:
+    pool: AsyncConnectionPool[Any]
+    store: TimerStore
+    wake: Any  # asyncio.Event of the firing loop
+
+
+async def _still_active(deps: TimerDeps, broadcast_id: str) -> bool:
+    async with deps.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT 1 FROM broadcasts WHERE broadcast_id = %s"
+            " AND state IN ('created', 'broadcasting', 'partially_filled')",
+            (broadcast_id,),
+        )
+        return await cur.fetchone() is not None
+
+
+async def schedule(deps: TimerDeps, envelope: Envelope) -> None:
+    """A new broadcast gets a timer at its `expiresAt`, unless it has already ended."""
+    event = envelope.event
+    assert isinstance(event, BroadcastCreated)
+    if await _still_active(deps, event.broadcast_id):
+        await deps.store.schedule([(event.broadcast_id, int(event.expires_at.timestamp() * 1000))])
+        deps.wake.set()
+
+
+async def forget(deps: TimerDeps, envelope: Envelope) -> None:
+    """A broadcast that ended loses its timer: no Redis state names it any more."""
+    event = envelope.event
+    assert isinstance(event, BroadcastFilled | BroadcastCancelled | BroadcastExpired)
+    await deps.store.forget([event.broadcast_id])
+
+
+HANDLERS: dict[type[Event], Any] = {
+    BroadcastCreated: schedule,
+    BroadcastFilled: forget,
+    BroadcastCancelled: forget,
+    BroadcastExpired: forget,
+}
+
+
+def bind(deps: TimerDeps) -> dict[type[Event], EventHandler]:
+    return {kind: _bound(fn, deps) for kind, fn in HANDLERS.items()}
+
+
+def _bound(fn: Any, deps: TimerDeps) -> EventHandler:
+    async def handler(envelope: Envelope) -> None:
+        await fn(deps, envelope)
+
+    return handler

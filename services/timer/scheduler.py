@@ -1,0 +1,106 @@
+"""The firing loop: sleep until the next timer is due, claim what is due, expire it.
+
+It sleeps until the earliest due time (woken early when this instance schedules a nearer
+timer), never longer than `max_sleep_s`, so it also notices timers other instances scheduled
+and leases that ran out. Redis losing its data is noticed at the next claim and answered by a
+rebuild from PostgreSQL before anything fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from psycopg_pool import AsyncConnectionPool
+from redis.exceptions import RedisError
+
+from libs.runtime.clock import Clock
+from services.timer.expiry import TooEarly, expire
+from services.timer.reconcile import rebuild
+from services.timer.store import RedisLostTimers, TimerStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    lease_ms: int = 500
+    batch: int = 200
+    max_sleep_s: float = 0.2
+    rebuild_every_s: float = 3.0
+    parallel: int = 16
+
+
+class Scheduler:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        store: TimerStore,
+        clock: Clock,
+        config: SchedulerConfig | None = None,
+    ) -> None:
+        self._pool, self._store, self._clock = pool, store, clock
+        self._config = config or SchedulerConfig()
+        self.wake = asyncio.Event()
+        self._limit = asyncio.Semaphore(self._config.parallel)
+        self.fired = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        next_rebuild = 0.0
+        while not stop.is_set():
+            try:
+                if time.monotonic() >= next_rebuild:
+                    await rebuild(self._pool, self._store)
+                    next_rebuild = time.monotonic() + self._config.rebuild_every_s
+                await self._fire_due()
+                await self._sleep(stop)
+            except RedisLostTimers:
+                log.warning("timers_lost_rebuilding")
+                next_rebuild = 0.0
+            except (RedisError, OSError, ConnectionError) as e:
+                log.warning("timer_loop_interrupted", error=str(e))
+                await asyncio.sleep(0.2)
+
+    async def _fire_due(self) -> None:
+        while claimed := await self._store.claim(
+            _now_ms(), self._config.lease_ms, self._config.batch
+        ):
+            await asyncio.gather(*(self._fire(member) for member in claimed))
+            if len(claimed) < self._config.batch:
+                return
+
+    async def _fire(self, broadcast_id: str) -> None:
+        async with self._limit:
+            try:
+                if await expire(self._pool, broadcast_id, self._clock):
+                    self.fired += 1
+            except TooEarly:
+                log.warning("timer_fired_early", broadcast_id=broadcast_id)
+                return  # its lease runs out and it is claimed again
+            except Exception as e:  # the lease runs out and another attempt follows
+                log.error("expiry_failed", broadcast_id=broadcast_id, error=str(e))
+                return
+            await self._store.done(broadcast_id)
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        next_due = await self._store.next_due_ms()
+        delay = self._config.max_sleep_s
+        if next_due is not None:
+            delay = max(0.0, min(delay, (next_due - _now_ms()) / 1000))
+        self.wake.clear()
+        waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self.wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await w
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,106 @@
+"""Durable timers in Redis: a sorted set of due times and a sorted set of leases.
+
+- `due`: member = broadcast id, score = when it expires (epoch ms).
+- `inflight`: members claimed by a firing instance, score = when its lease runs out. A claim
+  moves members from `due` (and expired leases) to `inflight` in one Lua script, so exactly one
+  instance holds each; the holder removes it once the expiry committed. If the holder dies, the
+  lease runs out and another instance claims it again: nothing is lost, and firing twice is
+  harmless because expiry only acts on an active broadcast.
+- `epoch`: set after a full rebuild from PostgreSQL. A claim answers "lost" when it is gone
+  (Redis lost its data), and the timer service rebuilds before firing anything.
+
+All three keys share the hash tag `{timers}`, so the scripts run on Redis Cluster too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+_CLAIM = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return {0} end
+local out = {1}
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, m in ipairs(stale) do
+  redis.call('ZADD', KEYS[2], ARGV[2], m); table.insert(out, m)
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, m in ipairs(due) do
+  redis.call('ZREM', KEYS[1], m); redis.call('ZADD', KEYS[2], ARGV[2], m); table.insert(out, m)
+end
+return out
+"""
+
+_SCHEDULE = """
+local added = 0
+for i = 1, #ARGV, 2 do
+  local m = ARGV[i + 1]
+  if not redis.call('ZSCORE', KEYS[2], m) then
+    added = added + redis.call('ZADD', KEYS[1], 'NX', ARGV[i], m)
+  end
+end
+return added
+"""
+
+
+class RedisLostTimers(Exception):
+    """The epoch key is gone: Redis lost its data and the schedule must be rebuilt."""
+
+
+class TimerStore:
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        base = f"{prefix}{{timers}}:"
+        self.due, self.inflight, self.epoch = base + "due", base + "inflight", base + "epoch"
+        self._claim = redis.register_script(_CLAIM)
+        self._schedule = redis.register_script(_SCHEDULE)
+
+    async def schedule(self, timers: Sequence[tuple[str, int]]) -> int:
+        """Add (broadcast id, due ms) pairs not already scheduled or in flight."""
+        added = 0
+        for start in range(0, len(timers), 1000):
+            args: list[Any] = []
+            for member, due_ms in timers[start : start + 1000]:
+                args += [due_ms, member]
+            added += int(await self._schedule(keys=[self.due, self.inflight], args=args))
+        return added
+
+    async def forget(self, members: Sequence[str]) -> None:
+        if members:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(self.due, *members)
+                pipe.zrem(self.inflight, *members)
+                await pipe.execute()
+
+    async def claim(self, now_ms: int, lease_ms: int, limit: int) -> list[str]:
+        """Take up to `limit` due timers (and expired leases) for this instance."""
+        reply: list[Any] = await self._claim(
+            keys=[self.due, self.inflight, self.epoch], args=[now_ms, now_ms + lease_ms, limit]
+        )
+        if reply[0] == 0:
+            raise RedisLostTimers
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in reply[1:]]
+
+    async def done(self, member: str) -> None:
+        await self._redis.zrem(self.inflight, member)
+
+    async def next_due_ms(self) -> int | None:
+        """The earliest due time or lease end, if any timer exists."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(self.due, 0, 0, withscores=True)
+            pipe.zrange(self.inflight, 0, 0, withscores=True)
+            firsts: list[Any] = await pipe.execute()
+        scores = [int(entries[0][1]) for entries in firsts if entries]
+        return min(scores) if scores else None
+
+    async def members(self) -> list[str]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(self.due, 0, -1)
+            pipe.zrange(self.inflight, 0, -1)
+            lists: list[Any] = await pipe.execute()
+        return [m.decode() for entries in lists for m in entries]
+
+    async def mark_rebuilt(self) -> None:
+        await self._redis.set(self.epoch, "1")

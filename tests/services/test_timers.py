@@ -1,0 +1,226 @@
+"""Timers, expiry and cleanup (CONTRACT.md section 8), with every service a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from redis.asyncio import Redis
+
+from libs.events.bus import CommandClient
+from libs.events.commands import AcceptResult, AcceptSlots, BroadcastRef, CancelBroadcast
+from tests.events.helpers import eventually
+from tests.processes import environment, services
+from tests.services.helpers import command_client, fleet, new_broadcast, ok
+
+TIMEOUT_S = 2.0
+BOUND = timedelta(seconds=1)
+
+
+@pytest.fixture(scope="module")
+def env(service_env_module: dict[str, str]) -> dict[str, str]:
+    return environment(service_env_module, BROADCAST_TIMEOUT_SECONDS=str(TIMEOUT_S))
+
+
+@pytest.fixture(scope="module")
+def writers(env: dict[str, str]) -> Iterator[None]:
+    with services(["broadcast", "acceptance"], env):
+        yield
+
+
+@pytest.fixture
+async def client(redis_url: str, writers: None, module_prefix: str) -> AsyncIterator[CommandClient]:
+    async for c in command_client(redis_url, module_prefix):
+        yield c
+
+
+async def ending(database_url: str, ids: list[str]) -> dict[str, tuple[str, datetime, datetime]]:
+    """(state, expiresAt, stateChangedAt) of each broadcast."""
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute(
+            "SELECT broadcast_id, state, expires_at, state_changed_at FROM broadcasts"
+            " WHERE broadcast_id = ANY(%s)",
+            (ids,),
+        )
+        return {r[0]: (r[1], r[2], r[3]) for r in await cur.fetchall()}
+
+
+async def all_expired(
+    database_url: str, ids: list[str], timeout: float = 10.0
+) -> dict[str, tuple[str, datetime, datetime]]:
+    async def done() -> bool:
+        return all(s == "expired" for s, _, _ in (await ending(database_url, ids)).values())
+
+    await eventually(done, timeout=timeout, every=0.05)
+    return await ending(database_url, ids)
+
+
+async def expiry_events(database_url: str, ids: list[str]) -> dict[str, int]:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute(
+            "SELECT stream_id, count(*) FROM events WHERE event_type = 'broadcast_expired'"
+            " AND stream_id = ANY(%s) GROUP BY stream_id",
+            ([f"broadcast-{i}" for i in ids],),
+        )
+        return {r[0].removeprefix("broadcast-"): r[1] for r in await cur.fetchall()}
+
+
+def assert_on_time(endings: dict[str, tuple[str, datetime, datetime]]) -> None:
+    for bid, (state, expires_at, changed_at) in endings.items():
+        assert state == "expired", bid
+        assert expires_at <= changed_at <= expires_at + BOUND, (bid, changed_at - expires_at)
+
+
+async def test_broadcast_expires_no_earlier_than_expires_at_and_within_one_second(
+    client: CommandClient, env: dict[str, str], database_url: str
+) -> None:
+    """With a timer running, each broadcast ends expired in [expiresAt, expiresAt + 1 s]."""
+    await fleet(client, 1)
+    with services(["timer"], env):
+        ids = [(await new_broadcast(client))[1] for _ in range(5)]
+        assert_on_time(await all_expired(database_url, ids))
+    assert await expiry_events(database_url, ids) == dict.fromkeys(ids, 1)
+
+
+async def test_two_timers_fire_each_timer_once_and_one_killed_hands_over(
+    client: CommandClient, env: dict[str, str], database_url: str
+) -> None:
+    """Two timer instances: every broadcast expires once; SIGKILL of one keeps the 1 s bound."""
+    await fleet(client, 1)
+    with services(["timer", "timer"], env) as timers:
+        ids = [(await new_broadcast(client))[1] for _ in range(20)]
+        first_due = min(e for _, e, _ in (await ending(database_url, ids)).values())
+        await eventually(lambda: _reached(first_due - timedelta(milliseconds=50)), every=0.005)
+        timers["timer"].stop(signal.SIGKILL)
+        assert_on_time(await all_expired(database_url, ids))
+    assert await expiry_events(database_url, ids) == dict.fromkeys(ids, 1)
+
+
+async def _reached(moment: datetime) -> bool:
+    return datetime.now(UTC) >= moment
+
+
+async def test_overdue_broadcasts_expire_within_one_second_of_a_timer_coming_back(
+    client: CommandClient,
+    env: dict[str, str],
+    database_url: str,
+    redis_url: str,
+    module_prefix: str,
+) -> None:
+    """With no timer running past the due time (and Redis wiped meanwhile), a timer that comes
+    back expires every overdue broadcast, once, within 1 s of being up."""
+    await fleet(client, 1)
+    ids = [(await new_broadcast(client))[1] for _ in range(10)]
+    last_due = max(e for _, e, _ in (await ending(database_url, ids)).values())
+    await eventually(lambda: _reached(last_due + timedelta(milliseconds=300)), every=0.02)
+    await _wipe(redis_url, module_prefix)
+    with services(["timer"], env):
+        up = datetime.now(UTC)
+        endings = await all_expired(database_url, ids)
+    for state, _, changed_at in endings.values():
+        assert state == "expired" and changed_at <= up + BOUND
+    assert await expiry_events(database_url, ids) == dict.fromkeys(ids, 1)
+
+
+async def _wipe(redis_url: str, prefix: str) -> None:
+    redis = Redis.from_url(redis_url)
+    keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=1000)]
+    if keys:
+        await redis.delete(*keys)
+    await redis.aclose()
+
+
+async def test_pending_broadcasts_expire_on_time_after_redis_lost_every_key(
+    client: CommandClient,
+    env: dict[str, str],
+    database_url: str,
+    redis_url: str,
+    module_prefix: str,
+) -> None:
+    """Deleting every key under the prefix while broadcasts wait: they expire on time, a claim
+    afterwards is refused as expired, and a new broadcast still has exactly one winner."""
+    transporters = await fleet(client, 3)
+    with services(["timer"], env):
+        ids = [(await new_broadcast(client))[1] for _ in range(5)]
+        await _wipe(redis_url, module_prefix)
+        assert_on_time(await all_expired(database_url, ids))
+        late = await client.send(
+            AcceptSlots(
+                transporter_id=transporters[0], broadcast_id=ids[0], vehicle_type="open_17ft"
+            )
+        )
+        assert late.failure is not None and late.failure.code == "request_expired"
+        _, fresh = await new_broadcast(client)
+        replies = await asyncio.gather(
+            *(
+                client.send(
+                    AcceptSlots(transporter_id=t, broadcast_id=fresh, vehicle_type="open_17ft")
+                )
+                for t in transporters
+            )
+        )
+        assert sum(r.failure is None for r in replies) == 1
+
+
+async def names_of(redis: Redis, broadcast_id: str) -> list[str]:
+    """Every Redis key whose name, or whose set or sorted-set member, contains the id."""
+    found = []
+    async for key in redis.scan_iter(count=1000):
+        name = key.decode()
+        kind = (await redis.type(key)).decode()
+        if broadcast_id in name:
+            found.append(name)
+        elif (
+            kind == "set" and any(broadcast_id in m.decode() for m in await redis.smembers(key))
+        ) or (
+            kind == "zset"
+            and any(broadcast_id in m.decode() for m in await redis.zrange(key, 0, -1))
+        ):
+            found.append(f"{name} (member)")
+    return found
+
+
+@pytest.mark.parametrize("end", ["fully_filled", "cancelled", "expired"])
+async def test_no_redis_key_or_member_names_a_broadcast_within_5_s_of_its_end(
+    client: CommandClient, env: dict[str, str], database_url: str, redis_url: str, end: str
+) -> None:
+    """After a broadcast is fully filled, cancelled or expired, within 5 s no Redis key name and
+    no set or sorted-set member contains its id."""
+    [transporter] = await fleet(client, 1)
+    redis = Redis.from_url(redis_url)
+    with services(["timer"], env):
+        customer, bid = await new_broadcast(client)
+        await eventually(lambda: _has_name(redis, bid), timeout=5)
+        if end == "fully_filled":
+            ok(
+                await client.send(
+                    AcceptSlots(
+                        transporter_id=transporter, broadcast_id=bid, vehicle_type="open_17ft"
+                    )
+                ),
+                AcceptResult,
+            )
+        elif end == "cancelled":
+            ok(
+                await client.send(CancelBroadcast(customer_id=customer, broadcast_id=bid)),
+                BroadcastRef,
+            )
+        else:
+            await all_expired(database_url, [bid])
+        ended = time.monotonic()
+        await eventually(lambda: _clean(redis, bid), timeout=5, every=0.1)
+        assert time.monotonic() - ended <= 5
+    await redis.aclose()
+
+
+async def _has_name(redis: Redis, bid: str) -> bool:
+    return bool(await names_of(redis, bid))
+
+
+async def _clean(redis: Redis, bid: str) -> bool:
+    return not await names_of(redis, bid)
