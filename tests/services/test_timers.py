@@ -167,21 +167,23 @@ async def test_pending_broadcasts_expire_on_time_after_redis_lost_every_key(
         assert sum(r.failure is None for r in replies) == 1
 
 
+async def members_of(redis: Redis, key: bytes) -> list[bytes]:
+    kind = (await redis.type(key)).decode()
+    if kind == "set":
+        return list(await redis.smembers(key))
+    if kind == "zset":
+        return list(await redis.zrange(key, 0, -1))
+    return []
+
+
 async def names_of(redis: Redis, broadcast_id: str) -> list[str]:
     """Every Redis key whose name, or whose set or sorted-set member, contains the id."""
     found = []
     async for key in redis.scan_iter(count=1000):
-        name = key.decode()
-        kind = (await redis.type(key)).decode()
-        if broadcast_id in name:
-            found.append(name)
-        elif (
-            kind == "set" and any(broadcast_id in m.decode() for m in await redis.smembers(key))
-        ) or (
-            kind == "zset"
-            and any(broadcast_id in m.decode() for m in await redis.zrange(key, 0, -1))
-        ):
-            found.append(f"{name} (member)")
+        if broadcast_id in key.decode():
+            found.append(key.decode())
+        elif any(broadcast_id in m.decode() for m in await members_of(redis, key)):
+            found.append(f"{key.decode()} (member)")
     return found
 
 
