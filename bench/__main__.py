@@ -7,7 +7,7 @@ import importlib
 
 from bench.common import write_report
 
-SCENARIOS = {"bus": "bench.bus"}
+SCENARIOS = {"bus": "bench.bus", "timers": "bench.timers"}
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 
 import uvloop
 from redis.asyncio import Redis
@@ -19,7 +20,7 @@ from libs.events.runner import Delivery, RunnerConfig, StreamRunner
 from libs.events.streams import dead_letter_stream, events_stream
 
 
-async def consume(redis_url: str, prefix: str, count: int, outfile: str) -> None:
+async def consume(redis_url: str, prefix: str, count: int) -> dict[int, float]:
     redis = Redis.from_url(redis_url)
     arrivals: dict[int, float] = {}
     stop = asyncio.Event()
@@ -32,17 +33,21 @@ async def consume(redis_url: str, prefix: str, count: int, outfile: str) -> None
                 stop.set()
 
     runner = StreamRunner(
-        redis, stream=events_stream(prefix, "probe"), group="bench", consumer="bench-1",
-        handler=handle, dead_letter=dead_letter_stream(prefix),
+        redis,
+        stream=events_stream(prefix, "probe"),
+        group="bench",
+        consumer="bench-1",
+        handler=handle,
+        dead_letter=dead_letter_stream(prefix),
         config=RunnerConfig(batch_size=500, block_ms=200),
     )
     await redis.set(prefix + "bench:consumer-ready", "1")
     await runner.run(stop)
-    with open(outfile, "w") as out:
-        json.dump(arrivals, out)
     await redis.aclose()
+    return arrivals
 
 
 if __name__ == "__main__":
     redis_url, prefix, count, outfile = sys.argv[1:5]
-    uvloop.run(consume(redis_url, prefix, int(count), outfile))
+    arrivals = uvloop.run(consume(redis_url, prefix, int(count)))
+    Path(outfile).write_text(json.dumps(arrivals))

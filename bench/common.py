@@ -6,10 +6,12 @@ import contextlib
 import os
 import platform
 import re
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -59,13 +61,20 @@ def scratch_database(server_url: str) -> Iterator[str]:
 
 def service_env(database_url: str, redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, REDIS_KEY_PREFIX=prefix,
-               LOG_LEVEL="WARNING", **extra)
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        REDIS_KEY_PREFIX=prefix,
+        LOG_LEVEL="WARNING",
+        **extra,
+    )
     return env
 
 
 @contextlib.contextmanager
-def processes(commands: Sequence[Sequence[str]], env: dict[str, str]) -> Iterator[list[subprocess.Popen[bytes]]]:
+def processes(
+    commands: Sequence[Sequence[str]], env: dict[str, str]
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Start each command; on exit send SIGTERM and wait (kill after 30 s)."""
     procs = [subprocess.Popen(list(c), env=env, cwd=ROOT) for c in commands]
     try:
@@ -102,17 +111,27 @@ class Figures:
     def latency(self, label: str, seconds: Sequence[float]) -> None:
         ms = [s * 1000 for s in seconds]
         self.rows.append(
-            (label, f"p50 {statistics.median(ms):.2f} ms · p99 {percentile(ms, 99):.2f} ms · "
-                    f"max {max(ms):.2f} ms (n={len(ms)})")
+            (
+                label,
+                f"p50 {statistics.median(ms):.2f} ms · p99 {percentile(ms, 99):.2f} ms · "
+                f"max {max(ms):.2f} ms (n={len(ms)})",
+            )
         )
 
     def add(self, label: str, value: str) -> None:
         self.rows.append((label, value))
 
     def markdown(self) -> str:
-        lines = [f"## {self.scenario}", "", f"Reproduce: `{self.command}`", "",
-                 f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.", "",
-                 "| measure | result |", "|---|---|"]
+        lines = [
+            f"## {self.scenario}",
+            "",
+            f"Reproduce: `{self.command}`",
+            "",
+            f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
+            "",
+            "| measure | result |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {v} |" for k, v in self.rows]
         if self.notes:
             lines += ["", *self.notes]
@@ -131,7 +150,10 @@ def machine() -> str:
 
 def write_report(figures: Figures) -> None:
     """Replace this scenario's section of docs/benchmarks.md, keeping the others."""
-    start, end = f"<!-- bench:{figures.scenario}:start -->", f"<!-- bench:{figures.scenario}:end -->"
+    start, end = (
+        f"<!-- bench:{figures.scenario}:start -->",
+        f"<!-- bench:{figures.scenario}:end -->",
+    )
     block = f"{start}\n{figures.markdown()}{end}\n"
     text = REPORT.read_text() if REPORT.exists() else _REPORT_HEADER
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
@@ -145,6 +167,20 @@ _REPORT_HEADER = """# Benchmarks
 rewritten by its scenario with the figures of its last run and the command that reproduces it.
 Every service and both servers share the one machine named in the section.
 """
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
 
 
 def wait_until(check: object, timeout: float, what: str) -> None:

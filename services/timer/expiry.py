@@ -7,6 +7,7 @@ Open slots expire; accepted slots keep their assignments.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -29,6 +30,10 @@ RETRIES = 5
 class TooEarly(Exception):
     """The broadcast's `expiresAt` has not been reached: nothing was done."""
 
+    def __init__(self, broadcast_id: str, expires_at: datetime) -> None:
+        super().__init__(f"{broadcast_id} expires at {expires_at.isoformat()}")
+        self.expires_at = expires_at
+
 
 async def expire_in(conn: Conn, broadcast_id: str, clock: Clock) -> bool:
     """Expire an active broadcast whose time has come; False if it had already ended."""
@@ -37,7 +42,7 @@ async def expire_in(conn: Conn, broadcast_id: str, clock: Clock) -> bool:
         return False
     now = clock()
     if now < row.expires_at:
-        raise TooEarly(broadcast_id)
+        raise TooEarly(broadcast_id, row.expires_at)
     await append(
         conn,
         f"broadcast-{broadcast_id}",

@@ -21,7 +21,7 @@ from libs.events.catalogue import (
     Event,
 )
 from libs.events.dispatch import EventHandler
-from services.timer.store import TimerStore
+from services.timer.store import TimerStore, due_ms
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ async def schedule(deps: TimerDeps, envelope: Envelope) -> None:
     event = envelope.event
     assert isinstance(event, BroadcastCreated)
     if await _still_active(deps, event.broadcast_id):
-        await deps.store.schedule([(event.broadcast_id, int(event.expires_at.timestamp() * 1000))])
+        await deps.store.schedule([(event.broadcast_id, due_ms(event.expires_at))])
         deps.wake.set()
 
 

@@ -17,7 +17,7 @@ from services.timer.store import TimerStore
 log = structlog.get_logger(__name__)
 
 _ACTIVE = """
-SELECT broadcast_id, (extract(epoch FROM expires_at) * 1000)::bigint FROM broadcasts
+SELECT broadcast_id, ceil(extract(epoch FROM expires_at) * 1000)::bigint FROM broadcasts
 WHERE state IN ('created', 'broadcasting', 'partially_filled')
 """
 _ENDED = """

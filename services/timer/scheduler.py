@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from libs.runtime.clock import Clock
 from services.timer.expiry import TooEarly, expire
 from services.timer.reconcile import rebuild
-from services.timer.store import RedisLostTimers, TimerStore
+from services.timer.store import RedisLostTimers, TimerStore, due_ms
 
 log = structlog.get_logger(__name__)
 
@@ -78,9 +78,10 @@ class Scheduler:
             try:
                 if await expire(self._pool, broadcast_id, self._clock):
                     self.fired += 1
-            except TooEarly:
-                log.warning("timer_fired_early", broadcast_id=broadcast_id)
-                return  # its lease runs out and it is claimed again
+            except TooEarly as early:
+                log.warning("timer_claimed_early", broadcast_id=broadcast_id)
+                await self._store.put_back(broadcast_id, due_ms(early.expires_at))
+                return
             except Exception as e:  # the lease runs out and another attempt follows
                 log.error("expiry_failed", broadcast_id=broadcast_id, error=str(e))
                 return

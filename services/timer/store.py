@@ -14,7 +14,9 @@ All three keys share the hash tag `{timers}`, so the scripts run on Redis Cluste
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -43,6 +45,11 @@ for i = 1, #ARGV, 2 do
 end
 return added
 """
+
+
+def due_ms(moment: datetime) -> int:
+    """The timer score for `moment`: epoch milliseconds, rounded up so it never fires early."""
+    return math.ceil(moment.timestamp() * 1000)
 
 
 class RedisLostTimers(Exception):
@@ -85,6 +92,13 @@ class TimerStore:
 
     async def done(self, member: str) -> None:
         await self._redis.zrem(self.inflight, member)
+
+    async def put_back(self, member: str, due: int) -> None:
+        """Return a claimed timer to the schedule (it was claimed before its time)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.inflight, member)
+            pipe.zadd(self.due, {member: due})
+            await pipe.execute()
 
     async def next_due_ms(self) -> int | None:
         """The earliest due time or lease end, if any timer exists."""
