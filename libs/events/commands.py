@@ -209,3 +209,22 @@ class AcceptResult(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     broadcast_id: str
     broadcast_state: str
     assignments: tuple[AssignmentRef, ...]
+
+
+class DriverOnAssignment(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """The reply to `AssignDriver`: who now drives the assignment; `replayed` when it already
+    was so (a repeat changed nothing)."""
+
+    assignment_id: str
+    broadcast_id: str
+    driver_id: str
+    vehicle_id: str
+    replayed: bool = False
+
+
+class Availability(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """The reply to `SetAvailability`: exactly the contract's 200 body (`at`: ISO 8601, ms, Z)."""
+
+    driver_id: str
+    online: bool
+    at: str

@@ -22,16 +22,18 @@ OUTBOX_CHANNEL = "weelo_outbox"
 _APPEND = """
 WITH new AS (
     INSERT INTO events (stream_id, version, event_id, event_type, data, correlation_id)
-    SELECT %(stream)s, x.v, x.id, x.t, x.d::jsonb, %(corr)s
-    FROM unnest(%(versions)s::int[], %(ids)s::uuid[], %(types)s::text[], %(data)s::text[])
-         AS x(v, id, t, d)
-    RETURNING position, version, event_id, recorded_at
+    SELECT x.s, x.v, x.id, x.t, x.d::jsonb, %(corr)s
+    FROM unnest(%(streams)s::text[], %(versions)s::int[], %(ids)s::uuid[], %(types)s::text[],
+                %(data)s::text[]) WITH ORDINALITY AS x(s, v, id, t, d, n)
+    ORDER BY x.n
+    RETURNING position, event_id, recorded_at
 ), queued AS (
     INSERT INTO outbox (position) SELECT position FROM new
 )
-SELECT position, version, event_id, recorded_at, pg_notify(%(channel)s, '') FROM new
-ORDER BY version
+SELECT position, event_id, recorded_at, pg_notify(%(channel)s, '') FROM new
 """
+
+Batch = tuple[str, int, Sequence[DomainEvent]]
 
 
 class ConcurrencyConflict(Exception):
@@ -59,34 +61,46 @@ async def append(
 
     A conflict aborts the surrounding transaction: roll it back, read again and re-decide.
     """
-    ids = [str(uuid.uuid4()) for _ in events]
+    return await append_many(conn, [(stream_id, expected_version, events)], correlation_id)
+
+
+async def append_many(
+    conn: psycopg.AsyncConnection[Any], batches: Sequence[Batch], correlation_id: str | None = None
+) -> list[Envelope]:
+    """`append` for several streams in one statement: (stream id, expected version, events)."""
+    flat = [
+        (stream, expected + i + 1, event)
+        for stream, expected, events in batches
+        for i, event in enumerate(events)
+    ]
+    ids = [str(uuid.uuid4()) for _ in flat]
     params = {
-        "stream": stream_id,
         "corr": correlation_id,
-        "versions": [expected_version + i + 1 for i in range(len(events))],
+        "streams": [f[0] for f in flat],
+        "versions": [f[1] for f in flat],
         "ids": ids,
-        "types": [event_type(e) for e in events],
-        "data": [encode(e).decode() for e in events],
+        "types": [event_type(f[2]) for f in flat],
+        "data": [encode(f[2]).decode() for f in flat],
         "channel": OUTBOX_CHANNEL,
     }
     try:
         cur = await conn.execute(_APPEND, params, prepare=True)
     except errors.UniqueViolation as e:
         if e.diag.constraint_name == "events_stream_version_key":
-            raise ConcurrencyConflict(stream_id, expected_version) from e
+            raise ConcurrencyConflict(", ".join(b[0] for b in batches), batches[0][1]) from e
         raise
-    rows = await cur.fetchall()
+    stored = {str(row[1]): row for row in await cur.fetchall()}
     return [
         Envelope(
-            event_id=str(row[2]),
-            stream_id=stream_id,
-            version=row[1],
-            position=row[0],
-            recorded_at=row[3],
+            event_id=event_id,
+            stream_id=stream,
+            version=version,
+            position=stored[event_id][0],
+            recorded_at=stored[event_id][2],
             correlation_id=correlation_id,
             event=event,
         )
-        for row, event in zip(rows, events, strict=True)
+        for event_id, (stream, version, event) in zip(ids, flat, strict=True)
     ]
 
 

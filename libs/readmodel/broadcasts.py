@@ -50,6 +50,34 @@ async def lock_broadcast(conn: Conn, broadcast_id: str) -> BroadcastRow | None:
     return BroadcastRow(broadcast_id, *row) if row else None
 
 
+async def lock_broadcasts(conn: Conn, broadcast_ids: Sequence[str]) -> list[BroadcastRow]:
+    """`lock_broadcast` for many, locked in id order so two batches never deadlock."""
+    cur = await conn.execute(
+        "SELECT broadcast_id, customer_id, state, version, expires_at FROM broadcasts"
+        " WHERE broadcast_id = ANY(%s) ORDER BY broadcast_id FOR UPDATE",
+        (sorted(broadcast_ids),),
+        prepare=True,
+    )
+    return [BroadcastRow(*row) for row in await cur.fetchall()]
+
+
+async def expire_broadcasts(conn: Conn, broadcast_ids: Sequence[str], *, at: datetime) -> None:
+    """End each broadcast `expired` (reason timeout) after one more event; open slots expire."""
+    entry = msgspec.json.encode([history_entry("expired", at)]).decode()
+    await conn.execute(
+        "UPDATE broadcasts SET state = 'expired', end_reason = 'timeout', state_changed_at = %s,"
+        " history = history || %s::jsonb, version = version + 1 WHERE broadcast_id = ANY(%s)",
+        (at, entry, list(broadcast_ids)),
+        prepare=True,
+    )
+    await conn.execute(
+        "UPDATE truck_requests SET state = 'expired'"
+        " WHERE broadcast_id = ANY(%s) AND state = 'open'",
+        (list(broadcast_ids),),
+        prepare=True,
+    )
+
+
 async def insert_broadcast(
     conn: Conn,
     created: BroadcastCreated,

@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
 
 from libs.runtime.clock import Clock
-from services.timer.expiry import TooEarly, expire
+from services.timer.expiry import expire
 from services.timer.reconcile import rebuild
 from services.timer.store import RedisLostTimers, TimerStore, due_ms
 
@@ -32,7 +32,6 @@ class SchedulerConfig:
     batch: int = 200
     max_sleep_s: float = 0.2
     rebuild_every_s: float = 3.0
-    parallel: int = 16
 
 
 class Scheduler:
@@ -46,7 +45,6 @@ class Scheduler:
         self._pool, self._store, self._clock = pool, store, clock
         self._config = config or SchedulerConfig()
         self.wake = asyncio.Event()
-        self._limit = asyncio.Semaphore(self._config.parallel)
         self.fired = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -69,23 +67,22 @@ class Scheduler:
         while claimed := await self._store.claim(
             _now_ms(), self._config.lease_ms, self._config.batch
         ):
-            await asyncio.gather(*(self._fire(member) for member in claimed))
+            await self._fire(claimed)
             if len(claimed) < self._config.batch:
                 return
 
-    async def _fire(self, broadcast_id: str) -> None:
-        async with self._limit:
-            try:
-                if await expire(self._pool, broadcast_id, self._clock):
-                    self.fired += 1
-            except TooEarly as early:
-                log.warning("timer_claimed_early", broadcast_id=broadcast_id)
-                await self._store.put_back(broadcast_id, due_ms(early.expires_at))
-                return
-            except Exception as e:  # the lease runs out and another attempt follows
-                log.error("expiry_failed", broadcast_id=broadcast_id, error=str(e))
-                return
-            await self._store.done(broadcast_id)
+    async def _fire(self, claimed: list[str]) -> None:
+        """Expire a claimed batch; on failure the leases run out and it is claimed again."""
+        try:
+            outcome = await expire(self._pool, claimed, self._clock)
+        except Exception as e:
+            log.error("expiry_failed", timers=len(claimed), error=str(e))
+            return
+        self.fired += len(outcome.expired)
+        await self._store.done_many([*outcome.expired, *outcome.ended])
+        for bid, expires_at in outcome.early.items():
+            log.warning("timer_claimed_early", broadcast_id=bid)
+            await self._store.put_back(bid, due_ms(expires_at))
 
     async def _sleep(self, stop: asyncio.Event) -> None:
         next_due = await self._store.next_due_ms()

@@ -90,8 +90,10 @@ class TimerStore:
             raise RedisLostTimers
         return [m.decode() if isinstance(m, bytes) else str(m) for m in reply[1:]]
 
-    async def done(self, member: str) -> None:
-        await self._redis.zrem(self.inflight, member)
+    async def done_many(self, members: Sequence[str]) -> None:
+        """Release fired timers."""
+        if members:
+            await self._redis.zrem(self.inflight, *members)
 
     async def put_back(self, member: str, due: int) -> None:
         """Return a claimed timer to the schedule (it was claimed before its time)."""
