@@ -24,6 +24,7 @@ from libs.runtime.migrate import migrate
 
 RUN = uuid.uuid4().hex[:8]
 _prefixes = itertools.count()
+_databases = itertools.count()
 
 
 def _docker_available() -> bool:
@@ -60,18 +61,37 @@ def _servers() -> Iterator[tuple[str, str]]:
         yield pg, redis
 
 
-@pytest.fixture(scope="session")
-def database_url(_servers: tuple[str, str]) -> Iterator[str]:
-    """A fresh, migrated database for this test run, dropped afterwards."""
-    server_url = _servers[0]
-    name = f"weelo_test_{RUN}"
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new migrated database on the server, dropped afterwards."""
+    name = f"weelo_test_{RUN}_{next(_databases)}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = psycopg.conninfo.make_conninfo(server_url, dbname=name)
-    migrate(url)
-    yield url
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    try:
+        migrate(url)
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def database_url(_servers: tuple[str, str]) -> Iterator[str]:
+    """A fresh, migrated database for this test run.
+
+    Test modules that run services override it with `module_database`, since services of one
+    database act on all of its broadcasts (a timer expires any that is due).
+    """
+    with fresh_database(_servers[0]) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_database(_servers: tuple[str, str]) -> Iterator[str]:
+    """A fresh, migrated database for one test module."""
+    with fresh_database(_servers[0]) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

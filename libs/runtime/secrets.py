@@ -19,12 +19,14 @@ running (the JWT keyring in `libs.runtime.keyring`); its `SecretCache` calls Sec
 most once per `WEELO_SECRETS_REFRESH_SECONDS` (default 300).
 
 No secret value is ever logged or put in an error message: only the secret id, the region, key
-names and AWS error codes.
+names and AWS error codes. botocore's DEBUG wire logs (which would print response bodies) are
+held at INFO whatever LOG_LEVEL says.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
@@ -94,11 +96,11 @@ def open_secret_source(
     environ: Mapping[str, str], *, refresh_interval_s: int | None = None
 ) -> SecretSource | None:
     """The secret named by `WEELO_SECRETS_ID`, or None when it is not set. Does no I/O."""
-    from aws_secretsmanager_caching import SecretCache, SecretCacheConfig
-
     secret_id = environ.get(SECRETS_ID_VAR, "").strip()
     if not secret_id:
         return None
+    from aws_secretsmanager_caching import SecretCache, SecretCacheConfig
+
     region = secrets_region(secret_id, environ)
     interval = refresh_interval_s or _refresh_interval(environ)
     config = SecretCacheConfig(
@@ -156,6 +158,7 @@ def _client(environ: Mapping[str, str], region: str) -> Any:
     import botocore.config
     import botocore.session
 
+    _quiet_wire_logs()
     key_id, key = environ.get("AWS_ACCESS_KEY_ID"), environ.get("AWS_SECRET_ACCESS_KEY")
     explicit = bool(key_id and key)
     config = botocore.config.Config(
@@ -173,6 +176,14 @@ def _client(environ: Mapping[str, str], region: str) -> Any:
         aws_session_token=environ.get("AWS_SESSION_TOKEN") if explicit else None,
         config=config,
     )
+
+
+def _quiet_wire_logs() -> None:
+    """botocore logs whole response bodies (here: secret values) at DEBUG; never let it."""
+    for name in ("botocore", "boto3", "aws_secretsmanager_caching"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level < logging.INFO:
+            logger.setLevel(logging.INFO)
 
 
 def _translate(error: Exception, secret_id: str, region: str) -> SecretsError:

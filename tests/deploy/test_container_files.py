@@ -1,0 +1,90 @@
+"""Dockerfile, .dockerignore and compose.yaml: one non-root image, signals, every service."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from libs.runtime.cli import SERVICES
+from libs.runtime.service import SHUTDOWN_TIMEOUT_S
+from tests.deploy.conftest import ROOT
+
+DOCKERFILE = ROOT / "Dockerfile"
+HADOLINT = Path(sys.executable).parent / "hadolint"
+
+
+def production_stage() -> list[str]:
+    """The instructions of the Dockerfile's `production` stage, one per line."""
+    stage: list[str] = []
+    inside = False
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("FROM "):
+            inside = line.rstrip().endswith(" AS production")
+        elif inside and line and not line.startswith((" ", "#")):
+            stage.append(line)
+    return stage
+
+
+def test_production_stage_runs_weelo_as_a_non_root_user() -> None:
+    """The production target sets a numeric non-root USER before its entrypoint."""
+    users = [line.split()[1] for line in production_stage() if line.startswith("USER ")]
+    assert users, "the production stage must set USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0
+
+
+def test_entrypoint_is_exec_form_so_sigterm_reaches_weelo() -> None:
+    """ENTRYPOINT and CMD are JSON arrays: the Python process is PID 1 and gets SIGTERM."""
+    stage = production_stage()
+    (entrypoint,) = [line for line in stage if line.startswith("ENTRYPOINT ")]
+    (cmd,) = [line for line in stage if line.startswith("CMD ")]
+    assert json.loads(entrypoint.removeprefix("ENTRYPOINT ")) == ["weelo"]
+    assert json.loads(cmd.removeprefix("CMD "))[0] == "run"
+
+
+def test_image_installs_the_locked_runtime_dependencies_only() -> None:
+    """The image installs from uv.lock without the dev group, on the project's Python."""
+    text = DOCKERFILE.read_text()
+    assert "uv sync --frozen --no-dev --no-editable" in text
+    assert re.search(r"python:3\.11-slim", text)
+    allowed = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if "!" in line]
+    assert allowed == ["!pyproject.toml", "!uv.lock", "!README.md", "!libs/", "!services/"]
+
+
+def test_hadolint_refuses_a_shell_form_entrypoint(tmp_path: Path) -> None:
+    """The lint that guards the Dockerfile catches an entrypoint that would swallow SIGTERM."""
+    broken = DOCKERFILE.read_text().replace('ENTRYPOINT ["weelo"]', "ENTRYPOINT weelo")
+    path = tmp_path / "Dockerfile"
+    path.write_text(broken)
+    result = subprocess.run(
+        [str(HADOLINT), str(path)], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode != 0
+    assert "DL3025" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "compose.yaml").read_text()))
+
+
+def test_compose_runs_every_service_with_a_health_check(compose: dict[str, Any]) -> None:
+    """compose.yaml has PostgreSQL, Redis, a migration and every service, all health-checked."""
+    services = compose["services"]
+    for name in ("postgres", "redis", *SERVICES):
+        assert "healthcheck" in services[name], name
+    for name in SERVICES:
+        service = services[name]
+        assert service["command"] == ["run", name]
+        assert service["build"]["target"] == "production"
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert int(service["stop_grace_period"].removesuffix("s")) > SHUTDOWN_TIMEOUT_S
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
