@@ -1,12 +1,95 @@
-"""The gateway's Starlette application."""
+"""The gateway's Starlette application: health, metrics and the /v1 API."""
 
 from __future__ import annotations
 
-from starlette.applications import Starlette
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 
+import redis.exceptions
+import structlog
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from libs.events.bus import CommandClient
 from libs.runtime.health import health_routes
 from libs.runtime.service import Resources
+from services.gateway.auth import KeySource, SettingsKeys
+from services.gateway.config import GatewayConfig, config_from_environ
+from services.gateway.errors import EXCEPTION_HANDLERS
+from services.gateway.http import CommandSender, Deps
+from services.gateway.middleware import RequestContext
+from services.gateway.ratelimit import RateLimiter
+from services.gateway.routes import api_routes
+
+log = structlog.get_logger(__name__)
+
+RECONNECT_S = 1.0
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 
-def create_app(resources: Resources) -> Starlette:
-    return Starlette(routes=health_routes(resources.pool, resources.redis))
+def create_app(
+    resources: Resources,
+    *,
+    keys: KeySource | None = None,
+    config: GatewayConfig | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Starlette:
+    """The gateway app. `keys` decides which tokens are valid (default: the settings' keys;
+    a `libs.runtime.keyring.JwtKeyring` fits too); `config` defaults to the environment's."""
+    config = config or config_from_environ(os.environ if environ is None else environ)
+    prefix = resources.settings.redis_key_prefix
+    commands = CommandClient(
+        resources.redis, prefix, resources.instance, timeout_s=config.command_timeout_s
+    )
+    deps = build_deps(resources, commands, keys or SettingsKeys(resources.settings), config)
+    return Starlette(
+        routes=[*health_routes(resources.pool, resources.redis), *api_routes(deps)],
+        middleware=[Middleware(RequestContext)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=commands_lifespan(commands),
+    )
+
+
+def build_deps(
+    resources: Resources, commands: CommandSender, keys: KeySource, config: GatewayConfig
+) -> Deps:
+    return Deps(
+        pool=resources.pool,
+        redis=resources.redis,
+        prefix=resources.settings.redis_key_prefix,
+        commands=commands,
+        keys=keys,
+        limiter=RateLimiter(config.rate_limit_per_minute),
+        config=config,
+    )
+
+
+def commands_lifespan(commands: CommandClient) -> Lifespan:
+    """Start the command client with the app (without waiting for Redis); close it at the end."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        starting = asyncio.create_task(start_commands(commands))
+        try:
+            yield
+        finally:
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await commands.close()
+
+    return lifespan
+
+
+async def start_commands(commands: CommandClient) -> None:
+    """Subscribe to this instance's reply channel, retrying while Redis is unreachable."""
+    while True:
+        try:
+            await commands.start()
+        except (redis.exceptions.RedisError, OSError) as e:
+            log.warning("reply_channel_unavailable", error=str(e))
+            await asyncio.sleep(RECONNECT_S)
+        else:
+            return

@@ -1,0 +1,45 @@
+"""Accept handlers (CONTRACT.md section 5): a transporter claims slots of a broadcast."""
+
+from __future__ import annotations
+
+from starlette.responses import Response
+
+from libs.events.commands import AcceptSlots
+from services.gateway import reads
+from services.gateway.bodies import AcceptBody, EmptyBody, decode
+from services.gateway.errors import ApiError, not_found
+from services.gateway.http import Call, json_response
+
+
+async def _accept(call: Call, command: AcceptSlots) -> Response:
+    reply = await call.execute(command)
+    if reply.result is None:
+        raise ApiError(500, "internal", "The acceptance service returned no result")
+    return json_response(bytes(reply.result))
+
+
+async def accept_truck_request(call: Call) -> Response:
+    truck_request_id = call.path_id("truck_request_id")
+    decode(call.body, EmptyBody, empty_ok=True)
+    async with call.connection() as conn:
+        broadcast_id = await reads.broadcast_of_truck_request(conn, truck_request_id)
+    if broadcast_id is None:
+        raise not_found()
+    command = AcceptSlots(
+        transporter_id=call.principal.sub,
+        broadcast_id=broadcast_id,
+        truck_request_id=truck_request_id,
+    )
+    return await _accept(call, command)
+
+
+async def accept_broadcast(call: Call) -> Response:
+    broadcast_id = call.path_id("broadcast_id")
+    body = decode(call.body, AcceptBody)
+    command = AcceptSlots(
+        transporter_id=call.principal.sub,
+        broadcast_id=broadcast_id,
+        vehicle_type=body.vehicle_type,
+        quantity=body.quantity,
+    )
+    return await _accept(call, command)
