@@ -6,22 +6,35 @@ import contextlib
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
+from libs.runtime import probes
+from libs.runtime.probes import free_port
 
-from libs.runtime.migrate import migrate
+__all__ = [
+    "REPORT",
+    "ROOT",
+    "Figures",
+    "Servers",
+    "free_port",
+    "healthy",
+    "machine",
+    "percentile",
+    "processes",
+    "scratch_database",
+    "servers",
+    "service_env",
+    "wait_until",
+    "weelo",
+    "write_report",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "docs" / "benchmarks.md"
@@ -44,19 +57,9 @@ def servers() -> Servers:
     )
 
 
-@contextlib.contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
+def scratch_database(server_url: str) -> contextlib.AbstractContextManager[str]:
     """A fresh migrated database, dropped afterwards."""
-    name = f"weelo_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = psycopg.conninfo.make_conninfo(server_url, dbname=name)
-    try:
-        migrate(url)
-        yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    return probes.scratch_database(server_url, "weelo_bench")
 
 
 def service_env(database_url: str, redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
@@ -169,18 +172,8 @@ Every service and both servers share the one machine named in the section.
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
+    return probes.healthy(f"http://127.0.0.1:{port}/health", timeout=1)
 
 
 def wait_until(check: object, timeout: float, what: str) -> None:

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 from redis.asyncio import Redis
 
-from libs.runtime.migrate import migrate
+from libs.runtime.probes import scratch_database
 
 RUN = uuid.uuid4().hex[:8]
 _prefixes = itertools.count()
@@ -61,19 +60,9 @@ def _servers() -> Iterator[tuple[str, str]]:
         yield pg, redis
 
 
-@contextlib.contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
+def fresh_database(server_url: str) -> contextlib.AbstractContextManager[str]:
     """A new migrated database on the server, dropped afterwards."""
-    name = f"weelo_test_{RUN}_{next(_databases)}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = psycopg.conninfo.make_conninfo(server_url, dbname=name)
-    try:
-        migrate(url)
-        yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    return scratch_database(server_url, f"weelo_test_{RUN}")
 
 
 @pytest.fixture(scope="session")

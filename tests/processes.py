@@ -5,29 +5,22 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from libs.runtime.probes import free_port
+from libs.runtime.probes import healthy as probe
+
+__all__ = ["ROOT", "Service", "environment", "free_port", "healthy", "services", "wait_healthy"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
+    return probe(f"http://127.0.0.1:{port}/health", timeout=1)
 
 
 def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

@@ -15,8 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from libs.runtime.embedded import (
     embedded_postgres,
     embedded_redis,
 )
+from libs.runtime.probes import healthy
 from libs.runtime.settings import SettingsError, local_secret, state_dir
 
 HEALTH_OFFSETS = {"broadcast": 101, "acceptance": 102, "timer": 103, "presence": 104}
@@ -225,7 +224,7 @@ async def _announce(children: list[Child], env: Mapping[str, str], notes: list[s
     pending = {c.planned.name: f"http://{host}:{c.planned.port}/health" for c in children}
     slow_at = time.monotonic() + SLOW_START_S
     while True:
-        answers = await asyncio.gather(*(asyncio.to_thread(_healthy, u) for u in pending.values()))
+        answers = await asyncio.gather(*(asyncio.to_thread(healthy, u) for u in pending.values()))
         pending = {n: u for (n, u), ok in zip(pending.items(), answers, strict=True) if not ok}
         if not pending:
             break
@@ -252,17 +251,6 @@ def _probe_host(env: Mapping[str, str]) -> str:
     host = env.get("GATEWAY_HOST") or "127.0.0.1"
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"[{host}]" if ":" in host else host
-
-
-def _healthy(url: str) -> bool:
-    """Whether `url` answers 200, asked directly (never through an HTTP proxy from the env)."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=2) as response:
-            status: int = response.status
-    except (urllib.error.URLError, OSError):
-        return False
-    return status == 200
 
 
 def _say(message: str) -> None:
