@@ -29,6 +29,7 @@ from libs.events.relay import OutboxRelay
 from libs.events.streams import CATEGORIES, events_stream
 from libs.events.trim import trim_forever
 from libs.runtime.health import health_app
+from libs.runtime.housekeeping import prune_forever
 from libs.runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -181,7 +182,11 @@ async def _finish(tasks: list[asyncio.Task[None]], serving: asyncio.Task[None]) 
 
 
 def _shared_tasks() -> tuple[Task, ...]:
-    return (_relay, _trimmer)
+    return (_relay, _trimmer, _housekeeping)
+
+
+async def _housekeeping(resources: Resources, stop: asyncio.Event) -> None:
+    await prune_forever(resources.pool, stop)
 
 
 async def _relay(resources: Resources, stop: asyncio.Event) -> None:
