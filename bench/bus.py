@@ -42,20 +42,20 @@ BATCH = 10
 
 
 async def _writer(
-    url: str, jobs: asyncio.Queue[tuple[int, float]], commits: dict[int, float]
+    url: str, jobs: asyncio.Queue[tuple[list[int], float]], commits: dict[int, float]
 ) -> None:
     stream, version = f"probe-{uuid.uuid4()}", 0
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         while True:
-            sequence, due = await jobs.get()
-            if sequence < 0:
+            sequences, due = await jobs.get()
+            if not sequences:
                 return
             if (delay := due - time.time()) > 0:
                 await asyncio.sleep(delay)
             async with conn.transaction():
-                await append(conn, stream, version, [BusProbe(sequence=sequence)])
-            version += 1
-            commits[sequence] = time.time()
+                await append(conn, stream, version, [BusProbe(sequence=s) for s in sequences])
+            version += len(sequences)
+            commits.update(dict.fromkeys(sequences, time.time()))
 
 
 async def produce(
