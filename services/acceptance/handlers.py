@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from libs.events.bus import CommandTable
-from libs.events.commands import AcceptSlots
+from libs.events.commands import AcceptSlots, AssignDriver, Command
 from libs.runtime.clock import Clock
+from services.acceptance.assign import assign_driver
 from services.acceptance.claim import accept_slots
 
-HANDLERS = {
+HANDLERS: dict[type[Command], Callable[..., Awaitable[Any]]] = {
     AcceptSlots: accept_slots,
+    AssignDriver: assign_driver,
 }
 
 

@@ -1,5 +1,30 @@
-"""The presence service: its `ServiceSpec` for `weelo run presence`."""
+"""The presence service: driver availability and the heartbeat TTL (`weelo run presence`)."""
 
-from libs.runtime.service import ServiceSpec
+from __future__ import annotations
 
-SERVICE = ServiceSpec(name="presence", default_port=8104)
+import asyncio
+
+from libs.runtime.clock import utc_now
+from libs.runtime.commands import run_commands
+from libs.runtime.service import Resources, ServiceSpec
+from services.presence.handlers import bind
+from services.presence.sweep import SweepConfig, Sweeper
+
+
+async def commands(resources: Resources, stop: asyncio.Event) -> None:
+    await run_commands(resources, bind(utc_now), stop)
+
+
+async def sweep(resources: Resources, stop: asyncio.Event) -> None:
+    settings = resources.settings
+    sweeper = Sweeper(
+        resources.pool,
+        resources.redis,
+        settings.redis_key_prefix,
+        SweepConfig(ttl_s=settings.presence_ttl_seconds),
+        utc_now,
+    )
+    await sweeper.run(stop)
+
+
+SERVICE = ServiceSpec(name="presence", default_port=8104, tasks=(commands, sweep))

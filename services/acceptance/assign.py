@@ -1,0 +1,150 @@
+"""Putting a driver and a vehicle on an assignment (CONTRACT.md section 6).
+
+It locks the broadcast's row first, like claims and cancel, so it queues with a cancel of the
+same broadcast: a cancel committed first makes it `request_cancelled`; a cancel committed after
+it cancels the assignment, which frees the driver. It then locks the driver's row, so two
+assignments of one driver queue and the second sees the first: a driver holds one active
+assignment at a time. The partial unique index `assignments_one_active_per_driver` is the
+backstop, translated to `driver_busy` too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import errors
+
+from libs.events.catalogue import DriverAssigned
+from libs.events.commands import AssignDriver, DriverOnAssignment, Rejected
+from libs.events.store import append
+from libs.readmodel.broadcasts import BroadcastRow, lock_broadcast, set_version
+from libs.runtime.clock import Clock
+
+Conn = psycopg.AsyncConnection[Any]
+ONE_ACTIVE_PER_DRIVER = "assignments_one_active_per_driver"
+
+
+@dataclass(frozen=True)
+class AssignmentRow:
+    broadcast_id: str
+    transporter_id: str
+    state: str
+    driver_id: str | None
+    vehicle_id: str | None
+
+
+async def _assignment(conn: Conn, assignment_id: str) -> AssignmentRow | None:
+    cur = await conn.execute(
+        "SELECT broadcast_id, transporter_id, state, driver_id, vehicle_id FROM assignments"
+        " WHERE assignment_id = %s",
+        (assignment_id,),
+        prepare=True,
+    )
+    row = await cur.fetchone()
+    return AssignmentRow(*row) if row else None
+
+
+async def _locked(conn: Conn, cmd: AssignDriver) -> tuple[BroadcastRow, AssignmentRow]:
+    """The assignment's broadcast, locked, and the assignment as it is under that lock."""
+    found = await _assignment(conn, cmd.assignment_id)
+    if found is None or found.transporter_id != cmd.transporter_id:
+        raise Rejected("not_found", "Assignment not found")
+    broadcast = await lock_broadcast(conn, found.broadcast_id)
+    current = await _assignment(conn, cmd.assignment_id)
+    if broadcast is None or current is None:
+        raise Rejected("not_found", "Assignment not found")
+    if broadcast.state == "cancelled" or current.state == "cancelled":
+        raise Rejected("request_cancelled", "Request cancelled")
+    return broadcast, current
+
+
+async def _one(conn: Conn, sql: str, *params: str) -> tuple[Any, ...] | None:
+    cur = await conn.execute(sql, params, prepare=True)
+    return await cur.fetchone()
+
+
+_DRIVER = "SELECT transporter_id, online FROM drivers WHERE driver_id = %s FOR UPDATE"
+_VEHICLE_OWNER = "SELECT transporter_id FROM vehicles WHERE vehicle_id = %s"
+_ANOTHER_ACTIVE = (
+    "SELECT 1 FROM assignments WHERE driver_id = %s AND state = 'driver_assigned'"
+    " AND assignment_id <> %s"
+)
+
+
+async def _refuse_unless_available(conn: Conn, cmd: AssignDriver) -> None:
+    """Refuse someone else's driver or vehicle, an offline driver and a busy one.
+
+    The driver's row stays locked, so another assignment of the same driver waits for this one.
+    """
+    driver = await _one(conn, _DRIVER, cmd.driver_id)
+    if driver is None or driver[0] != cmd.transporter_id:
+        raise Rejected("forbidden", "Driver is not registered with you")
+    vehicle = await _one(conn, _VEHICLE_OWNER, cmd.vehicle_id)
+    if vehicle is None or vehicle[0] != cmd.transporter_id:
+        raise Rejected("forbidden", "Vehicle is not registered with you")
+    if not driver[1]:
+        raise Rejected("driver_offline", "Driver is offline")
+    if await _one(conn, _ANOTHER_ACTIVE, cmd.driver_id, cmd.assignment_id):
+        raise Rejected("driver_busy", "Driver is busy")
+
+
+async def _put_driver_on(conn: Conn, cmd: AssignDriver) -> None:
+    """Update the assignment; the unique index refusing a second active one is `driver_busy`.
+
+    It runs in a savepoint, so the violation leaves the transaction usable to refuse cleanly.
+    """
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE assignments SET state = 'driver_assigned', driver_id = %s,"
+                " vehicle_id = %s WHERE assignment_id = %s",
+                (cmd.driver_id, cmd.vehicle_id, cmd.assignment_id),
+                prepare=True,
+            )
+    except errors.UniqueViolation as e:
+        if e.diag.constraint_name == ONE_ACTIVE_PER_DRIVER:
+            raise Rejected("driver_busy", "Driver is busy") from e
+        raise
+
+
+def _already_so(current: AssignmentRow, cmd: AssignDriver) -> bool:
+    return current.state == "driver_assigned" and (current.driver_id, current.vehicle_id) == (
+        cmd.driver_id,
+        cmd.vehicle_id,
+    )
+
+
+async def _record(conn: Conn, broadcast: BroadcastRow, cmd: AssignDriver) -> None:
+    """Update the assignment and append `DriverAssigned` to its broadcast's stream."""
+    await _put_driver_on(conn, cmd)
+    event = DriverAssigned(
+        assignment_id=cmd.assignment_id,
+        broadcast_id=broadcast.broadcast_id,
+        transporter_id=cmd.transporter_id,
+        driver_id=cmd.driver_id,
+        vehicle_id=cmd.vehicle_id,
+    )
+    await append(conn, f"broadcast-{broadcast.broadcast_id}", broadcast.version, [event])
+    await set_version(conn, broadcast.broadcast_id, broadcast.version + 1)
+
+
+async def assign_driver(clock: Clock, conn: Conn, cmd: AssignDriver) -> DriverOnAssignment:
+    """Put the driver and vehicle on the assignment (a repeat answers the same), or refuse.
+
+    Another driver already on it is replaced, which frees that driver.
+    """
+    broadcast, current = await _locked(conn, cmd)
+    result = DriverOnAssignment(
+        assignment_id=cmd.assignment_id,
+        broadcast_id=broadcast.broadcast_id,
+        driver_id=cmd.driver_id,
+        vehicle_id=cmd.vehicle_id,
+    )
+    if _already_so(current, cmd):
+        return msgspec.structs.replace(result, replayed=True)
+    await _refuse_unless_available(conn, cmd)
+    await _record(conn, broadcast, cmd)
+    return result
