@@ -142,12 +142,15 @@ class OutboxRelay:
             await _wait(stop, self._config.retry_delay_s)
 
     async def _lead(self, stop: asyncio.Event) -> None:
+        """On one connection: wait for the relay lock (checking every `retry_delay_s`), then
+        LISTEN and publish until stopped. Standing by costs one idle connection."""
         async with await psycopg.AsyncConnection.connect(
             self._database_url, autocommit=True
         ) as listener:
-            if not await _try_lock(listener):
+            while not await _try_lock(listener):
                 await _wait(stop, self._config.retry_delay_s)
-                return
+                if stop.is_set():
+                    return
             log.info("relay_leading")
             await listener.execute(f"LISTEN {OUTBOX_CHANNEL}")
             async with await psycopg.AsyncConnection.connect(

@@ -127,3 +127,27 @@ async def test_recent_events_are_republished_after_redis_lost_its_data(
     await eventually(lambda: _count(redis, target, stream_id, 4))
     mine = [v for s, v in await _entries(redis, target) if s == stream_id]
     assert mine == [1, 2, 3, 4]
+
+
+async def test_a_standby_relay_takes_over_when_the_leader_stops(
+    database_url: str, redis: Redis, prefix: str, conn: psycopg.AsyncConnection
+) -> None:
+    """When the leading relay stops, the one standing by leads and publishes what follows."""
+    await _drain_outbox(database_url)
+    config = RelayConfig(poll_interval_s=0.2, retry_delay_s=0.1)
+    first, second = (OutboxRelay(database_url, redis, prefix, config) for _ in range(2))
+    stops = [asyncio.Event(), asyncio.Event()]
+    tasks = [asyncio.create_task(first.run(stops[0]))]
+    stream_id, target = f"probe-{uuid.uuid4()}", events_stream(prefix, "probe")
+    await append_probes(conn, stream_id, 1)
+    await eventually(lambda: _count(redis, target, stream_id, 1))
+    tasks.append(asyncio.create_task(second.run(stops[1])))
+    stops[0].set()
+    await asyncio.wait_for(tasks[0], 10)
+    await append_probes(conn, stream_id, 1, start=1)
+    try:
+        await eventually(lambda: _count(redis, target, stream_id, 2))
+    finally:
+        stops[1].set()
+        await asyncio.wait_for(tasks[1], 10)
+    assert (first.published, second.published) == (1, 1)

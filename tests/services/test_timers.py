@@ -176,20 +176,24 @@ async def members_of(redis: Redis, key: bytes) -> list[bytes]:
     return []
 
 
-async def names_of(redis: Redis, broadcast_id: str) -> list[str]:
-    """Every Redis key whose name, or whose set or sorted-set member, contains the id."""
-    found = []
-    async for key in redis.scan_iter(count=1000):
-        if broadcast_id in key.decode():
-            found.append(key.decode())
-        elif any(broadcast_id in m.decode() for m in await members_of(redis, key)):
+async def names_of(redis: Redis, broadcast_id: str, prefix: str) -> list[str]:
+    """Every Redis key whose name contains the id (any prefix: the system must create none
+    outside its own), and every set or sorted-set member under the prefix that contains it."""
+    found = [k.decode() async for k in redis.scan_iter(match=f"*{broadcast_id}*", count=5000)]
+    async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+        if any(broadcast_id in m.decode() for m in await members_of(redis, key)):
             found.append(f"{key.decode()} (member)")
     return found
 
 
 @pytest.mark.parametrize("end", ["fully_filled", "cancelled", "expired"])
 async def test_no_redis_key_or_member_names_a_broadcast_within_5_s_of_its_end(
-    client: CommandClient, env: dict[str, str], database_url: str, redis_url: str, end: str
+    client: CommandClient,
+    env: dict[str, str],
+    database_url: str,
+    redis_url: str,
+    module_prefix: str,
+    end: str,
 ) -> None:
     """After a broadcast is fully filled, cancelled or expired, within 5 s no Redis key name and
     no set or sorted-set member contains its id."""
@@ -197,7 +201,7 @@ async def test_no_redis_key_or_member_names_a_broadcast_within_5_s_of_its_end(
     redis = Redis.from_url(redis_url)
     with services(["timer"], env):
         customer, bid = await new_broadcast(client)
-        await eventually(lambda: _has_name(redis, bid), timeout=5)
+        await eventually(lambda: _has_name(redis, bid, module_prefix), timeout=5)
         if end == "fully_filled":
             ok(
                 await client.send(
@@ -215,14 +219,14 @@ async def test_no_redis_key_or_member_names_a_broadcast_within_5_s_of_its_end(
         else:
             await all_expired(database_url, [bid])
         ended = time.monotonic()
-        await eventually(lambda: _clean(redis, bid), timeout=5, every=0.1)
+        await eventually(lambda: _clean(redis, bid, module_prefix), timeout=5, every=0.1)
         assert time.monotonic() - ended <= 5
     await redis.aclose()
 
 
-async def _has_name(redis: Redis, bid: str) -> bool:
-    return bool(await names_of(redis, bid))
+async def _has_name(redis: Redis, bid: str, prefix: str) -> bool:
+    return bool(await names_of(redis, bid, prefix))
 
 
-async def _clean(redis: Redis, bid: str) -> bool:
-    return not await names_of(redis, bid)
+async def _clean(redis: Redis, bid: str, prefix: str) -> bool:
+    return not await names_of(redis, bid, prefix)
