@@ -1,0 +1,388 @@
+"""Each service stops within its ECS `stopTimeout` on SIGTERM with no message lost (issue 6).
+
+Two instances of a service consume its stream under a steady load. The one that gets SIGTERM
+gets it while it holds entries it has read and not yet acknowledged; it must finish them, exit 0
+well within the stop timeout, and leave nothing pending. Every command sent must be answered
+(by either instance) or, if its deadline passed, have had no effect; for the timer, every
+broadcast must expire once and on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from redis.asyncio import Redis
+
+from libs.events.bus import CommandClient, CommandTimeout
+from libs.events.commands import (
+    AcceptSlots,
+    AnyCommand,
+    BroadcastRef,
+    CreateBroadcast,
+    RegisterDriver,
+    RegisterVehicle,
+    Reply,
+    SetAvailability,
+    TruckOrder,
+    commands_stream,
+)
+from libs.events.streams import events_stream
+from tests.processes import ROOT, environment, free_port, wait_healthy
+from tests.services.helpers import DROP, PICKUP, ok
+
+TASK_DEFINITIONS = ROOT / "deploy" / "ecs" / "task-definitions"
+STOP_WITHIN_S = 10.0  # the services give their tasks 20 s; ECS gives them 45 s
+LOAD_RATE = 100.0  # commands a second, sent in bursts
+BURST = 5
+BEFORE_STOP = 100  # commands sent before the instance to stop is picked off
+AFTER_EXIT = 50  # commands sent once the stopped instance is gone
+DRAINED_WITHIN_S = 20.0  # claim_idle_ms (5 s) plus a reclaim interval (5 s), with room
+TIMEOUT_S = 2.0  # broadcasts in the timer test
+
+
+@pytest.fixture(scope="module")
+def database_url(module_database: str) -> str:
+    """The services act on a whole database: this module has its own."""
+    return module_database
+
+
+@dataclass
+class Instance:
+    """One `weelo run SERVICE` process, logging (at INFO) to its own file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+
+@pytest.fixture
+def spawn(service_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Instance]]:
+    """Start service processes on this test's prefix; each answers /health before it returns."""
+    started: list[Instance] = []
+
+    def start(name: str, **extra: str) -> Instance:
+        port = free_port()
+        env = {**environment(service_env, **extra), "LOG_LEVEL": "INFO", "HEALTH_PORT": str(port)}
+        log = tmp_path / f"{name}-{len(started)}.log"
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "libs.runtime.cli", "run", name],
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        started.append(Instance(name, popen, log))
+        wait_healthy(port, popen)
+        return started[-1]
+
+    yield start
+    for instance in started:
+        if instance.popen.poll() is None:
+            instance.popen.send_signal(signal.SIGTERM)
+    for instance in started:
+        try:
+            instance.popen.wait(30)
+        except subprocess.TimeoutExpired:
+            instance.popen.kill()
+
+
+@pytest.fixture
+async def client(redis_url: str, prefix: str) -> AsyncIterator[CommandClient]:
+    redis = Redis.from_url(redis_url)
+    commands = CommandClient(redis, prefix, f"test-{uuid.uuid4().hex[:6]}")
+    await commands.start()
+    yield commands
+    await commands.close()
+    await redis.aclose()
+
+
+def stop_timeout(service: str) -> int:
+    """The `stopTimeout` ECS gives the service's container (deploy/ecs/task-definitions)."""
+    definition = json.loads((TASK_DEFINITIONS / f"{service}.json").read_text())
+    return int(definition["containerDefinitions"][0]["stopTimeout"])
+
+
+@dataclass
+class Load:
+    """Commands sent at a steady rate until stopped; the outcome of each, by command id."""
+
+    client: CommandClient
+    make: Callable[[int], AnyCommand]
+    outcomes: dict[str, Reply | None] = field(default_factory=dict)
+    sent: int = 0
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _calls: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def run(self) -> None:
+        pause = BURST / LOAD_RATE
+        while not self._stop.is_set():
+            for _ in range(BURST):
+                self._calls.append(asyncio.create_task(self._send(self.make(self.sent))))
+                self.sent += 1
+            await asyncio.sleep(pause)
+
+    async def _send(self, command: AnyCommand) -> None:
+        command_id = str(uuid.uuid4())
+        try:
+            self.outcomes[command_id] = await self.client.send(command, command_id=command_id)
+        except CommandTimeout:
+            self.outcomes[command_id] = None
+
+    async def finish(self) -> None:
+        """Stop sending and wait for every outcome."""
+        self._stop.set()
+        await asyncio.gather(*self._calls)
+
+
+async def until(check: Callable[[], Any], within: float, what: str, every: float = 0.001) -> None:
+    """Poll `check` (sync or async) every `every` seconds until true; fail after `within`."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, f"not within {within} s: {what}"
+        await asyncio.sleep(every)
+
+
+async def holds_entries(redis: Redis, stream: str, group: str, pid: int) -> bool:
+    """Whether the consumer of process `pid` has read entries it has not acknowledged."""
+    pending: Any = await redis.xpending_range(stream, group, "-", "+", 100)
+    return any(f"-{pid}-" in _text(p["consumer"]) for p in pending)
+
+
+async def consumers(redis: Redis, stream: str, group: str) -> list[str]:
+    found: Any = await redis.xinfo_consumers(stream, group)
+    return [_text(c["name"]) for c in found]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def sigterm_while_busy(
+    redis: Redis, stream: str, group: str, victim: Instance, service: str
+) -> float:
+    """SIGTERM `victim` as soon as it holds unacknowledged entries; seconds until it exited 0,
+    having handled a share of the load before."""
+    await until(
+        lambda: holds_entries(redis, stream, group, victim.popen.pid),
+        10.0,
+        "the instance to stop holds entries",
+    )
+    began = time.monotonic()
+    victim.popen.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(victim.popen.wait, stop_timeout(service))
+    took = time.monotonic() - began
+    assert code == 0, victim.log.read_text()[-3000:]
+    assert took < STOP_WITHIN_S, f"{service} took {took:.1f} s to stop"
+    handled = [line["handled"] for line in victim.lines() if line.get("event") == "runner_stopped"]
+    assert handled and handled[0] >= 10, f"the stopped instance handled {handled}"
+    return took
+
+
+async def drained(redis: Redis, stream: str, group: str, gone: Instance) -> None:
+    """Nothing stays pending in the group, and the stopped consumer left it."""
+
+    async def empty() -> bool:
+        summary: Any = await redis.xpending(stream, group)
+        return int(summary["pending"]) == 0
+
+    await until(empty, DRAINED_WITHIN_S, f"{stream} / {group} to have nothing pending", 0.05)
+    names = await consumers(redis, stream, group)
+    assert not [n for n in names if f"-{gone.popen.pid}-" in n], names
+
+
+async def unanswered_had_no_effect(database_url: str, outcomes: dict[str, Reply | None]) -> None:
+    """A command that got no reply was not executed: no reply was recorded with its effect."""
+    silent = [command_id for command_id, reply in outcomes.items() if reply is None]
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM command_results WHERE command_id = ANY(%s)", (silent,)
+        )
+        row = await cur.fetchone()
+    assert row is not None and row[0] == 0
+
+
+def _refusals(outcomes: dict[str, Reply | None]) -> set[str]:
+    return {r.failure.code for r in outcomes.values() if r is not None and r.failure is not None}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What runs beside the two instances, what it sends, and the refusals it may get."""
+
+    helpers: tuple[str, ...]
+    refusals: frozenset[str]
+
+
+WORKLOADS = {
+    "broadcast": Workload((), frozenset()),
+    "acceptance": Workload(("broadcast",), frozenset({"no_longer_available"})),
+    "presence": Workload(("broadcast",), frozenset()),
+}
+
+
+async def command_maker(client: CommandClient, service: str) -> Callable[[int], AnyCommand]:
+    """The command load for `service`, after whatever setup it needs (through the bus)."""
+    run = uuid.uuid4().hex[:6]
+    if service == "broadcast":
+        return lambda i: RegisterVehicle(
+            transporter_id=f"t-{run}-{i}",
+            vehicle_id=f"v-{run}-{i}",
+            vehicle_type="open_17ft",
+            lat=PICKUP.lat,
+            lng=PICKUP.lng,
+        )
+    if service == "presence":
+        drivers = [f"d-{run}-{i}" for i in range(20)]
+        for d in drivers:
+            register = RegisterDriver(transporter_id=f"t-{run}", driver_id=d, name="R", phone="1")
+            assert (await client.send(register)).failure is None
+        return lambda i: SetAvailability(driver_id=drivers[i % 20], online=i // 20 % 2 == 0)
+    transporters = [f"t-{run}-{i}" for i in range(10)]
+    for t in transporters:
+        vehicle = RegisterVehicle(
+            transporter_id=t,
+            vehicle_id=f"v-{t}",
+            vehicle_type="open_17ft",
+            lat=PICKUP.lat,
+            lng=PICKUP.lng,
+        )
+        assert (await client.send(vehicle)).failure is None
+    broadcasts = [
+        ok(await client.send(_search(f"c-{run}-{b}", 20)), BroadcastRef).broadcast_id
+        for b in range(20)
+    ]
+    return lambda i: AcceptSlots(
+        transporter_id=transporters[i % 10],
+        broadcast_id=broadcasts[i // 20 % 20],
+        vehicle_type="open_17ft",
+    )
+
+
+def _search(customer: str, quantity: int = 1) -> CreateBroadcast:
+    return CreateBroadcast(
+        customer_id=customer,
+        pickup=PICKUP,
+        drop=DROP,
+        trucks=(TruckOrder(vehicle_type="open_17ft", quantity=quantity),),
+        request_hash=customer,
+    )
+
+
+@pytest.mark.parametrize("service", ["broadcast", "acceptance", "presence"])
+async def test_command_consumer_stops_cleanly_under_load(
+    service: str,
+    spawn: Callable[..., Instance],
+    client: CommandClient,
+    redis: Redis,
+    prefix: str,
+    database_url: str,
+) -> None:
+    """SIGTERM to one of two instances holding unacknowledged commands: it exits 0 well within
+    its stopTimeout, every command is answered or had no effect, and nothing stays pending."""
+    workload = WORKLOADS[service]
+    for helper in workload.helpers:
+        spawn(helper)
+    victim, _survivor = spawn(service), spawn(service)
+    load = Load(client, await command_maker(client, service))
+    sending = asyncio.create_task(load.run())
+    await until(lambda: load.sent >= BEFORE_STOP, 10.0, "load before the stop", 0.01)
+    stream = commands_stream(prefix, service)
+    await sigterm_while_busy(redis, stream, service, victim, service)
+    sent_at_exit = load.sent
+    await until(lambda: load.sent >= sent_at_exit + AFTER_EXIT, 10.0, "more load")
+    await load.finish()
+    await sending
+    assert _refusals(load.outcomes) <= workload.refusals
+    await unanswered_had_no_effect(database_url, load.outcomes)
+    await drained(redis, stream, service, victim)
+
+
+async def _expiries(database_url: str, customers: list[str]) -> list[tuple[str, float, int]]:
+    """(state, seconds late, expiry events) of each customer's broadcast."""
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute(
+            "SELECT b.state, extract(epoch FROM b.state_changed_at - b.expires_at),"
+            " (SELECT count(*) FROM events e WHERE e.stream_id = 'broadcast-' || b.broadcast_id"
+            "  AND e.event_type = 'broadcast_expired')"
+            " FROM broadcasts b WHERE b.customer_id = ANY(%s)",
+            (customers,),
+        )
+        return [(r[0], float(r[1]), int(r[2])) for r in await cur.fetchall()]
+
+
+async def test_timer_stops_cleanly_under_load(
+    spawn: Callable[..., Instance],
+    client: CommandClient,
+    redis: Redis,
+    prefix: str,
+    database_url: str,
+) -> None:
+    """SIGTERM to one of two timers holding unacknowledged events while broadcasts expire: it
+    exits 0 well within its stopTimeout, every broadcast expires once and on time, and nothing
+    stays pending."""
+    timeout = str(TIMEOUT_S)
+    spawn("broadcast", BROADCAST_TIMEOUT_SECONDS=timeout)
+    victim = spawn("timer", BROADCAST_TIMEOUT_SECONDS=timeout)
+    spawn("timer", BROADCAST_TIMEOUT_SECONDS=timeout)
+    vehicle = RegisterVehicle(
+        transporter_id="t-1",
+        vehicle_id="v-1",
+        vehicle_type="open_17ft",
+        lat=PICKUP.lat,
+        lng=PICKUP.lng,
+    )
+    assert (await client.send(vehicle)).failure is None
+    run = uuid.uuid4().hex[:6]
+    load = Load(client, lambda i: _search(f"c-{run}-{i}"))
+    sending = asyncio.create_task(load.run())
+
+    def customers() -> list[str]:
+        return [f"c-{run}-{i}" for i in range(load.sent)]
+
+    async def some_expired() -> bool:
+        return any(s == "expired" for s, _, _ in await _expiries(database_url, customers()))
+
+    await until(some_expired, 10.0, "the first expiry", every=0.05)
+    stream = events_stream(prefix, "broadcast")
+    await sigterm_while_busy(redis, stream, "timer", victim, "timer")
+    sent_at_exit = load.sent
+    await until(lambda: load.sent >= sent_at_exit + AFTER_EXIT, 10.0, "more load")
+    await load.finish()
+    await sending
+    assert _refusals(load.outcomes) == set() and None not in load.outcomes.values()
+
+    async def all_expired() -> bool:
+        return all(s == "expired" for s, _, _ in await _expiries(database_url, customers()))
+
+    await until(all_expired, TIMEOUT_S + 10.0, "every broadcast to expire", every=0.05)
+    ended = await _expiries(database_url, customers())
+    assert len(ended) == load.sent
+    assert {n for _, _, n in ended} == {1}, "a broadcast expired twice or not at all"
+    assert max(late for _, late, _ in ended) <= 1.0
+    await drained(redis, stream, "timer", victim)
