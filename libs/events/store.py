@@ -83,13 +83,14 @@ async def append_many(
         "data": [encode(f[2]).decode() for f in flat],
         "channel": OUTBOX_CHANNEL,
     }
-    try:
+    try:  # in pipeline mode the error surfaces at the fetch
         cur = await conn.execute(_APPEND, params, prepare=True)
+        rows = await cur.fetchall()
     except errors.UniqueViolation as e:
         if e.diag.constraint_name == "events_stream_version_key":
             raise ConcurrencyConflict(", ".join(b[0] for b in batches), batches[0][1]) from e
         raise
-    stored = {str(row[1]): row for row in await cur.fetchall()}
+    stored = {str(row[1]): row for row in rows}
     return [
         Envelope(
             event_id=event_id,

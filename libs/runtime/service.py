@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.types import ASGIApp
 
 from libs.events.relay import OutboxRelay
@@ -78,14 +78,29 @@ async def open_resources(
         kwargs={"autocommit": True},
     )
     await pool.open(wait=False)
-    redis = Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=15
-    )
+    redis = Redis(connection_pool=redis_pool(settings.redis_url))
     try:
         yield Resources(settings, pool, redis, instance, service)
     finally:
         await redis.aclose()
         await pool.close()
+
+
+REDIS_CONNECTIONS = 200
+REDIS_WAIT_S = 5.0
+
+
+def redis_pool(url: str) -> BlockingConnectionPool:
+    """A pool that makes a caller wait for a free connection (up to `REDIS_WAIT_S`) rather than
+    fail at once when a burst of requests needs more than `REDIS_CONNECTIONS`."""
+    return BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=REDIS_WAIT_S,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=15,
+    )
 
 
 def bind_socket(host: str, port: int, explicit: bool) -> socket.socket:

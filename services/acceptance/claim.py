@@ -28,19 +28,26 @@ from libs.runtime.clock import Clock
 
 Conn = psycopg.AsyncConnection[Any]
 
-_OPEN_SLOTS = """
-SELECT truck_request_id, vehicle_type FROM truck_requests
-WHERE broadcast_id = %s AND state = 'open' ORDER BY slot
+# Runs after the broadcast's row is locked, so it sees every claim committed before ours.
+_RECIPIENT_AND_OPEN_SLOTS = """
+SELECT EXISTS (SELECT 1 FROM broadcast_recipients
+               WHERE broadcast_id = %(b)s AND transporter_id = %(t)s),
+       coalesce((SELECT array_agg(ARRAY[truck_request_id, vehicle_type] ORDER BY slot)
+                 FROM truck_requests WHERE broadcast_id = %(b)s AND state = 'open'), '{}')
 """
 
 
-async def _is_recipient(conn: Conn, broadcast_id: str, transporter_id: str) -> bool:
+async def _recipient_and_open_slots(
+    conn: Conn, broadcast_id: str, transporter_id: str
+) -> tuple[bool, list[tuple[str, str]]]:
+    """Whether the transporter was notified, and every open slot as (truck request id,
+    vehicle type) in slot order, in one round trip."""
     cur = await conn.execute(
-        "SELECT 1 FROM broadcast_recipients WHERE broadcast_id = %s AND transporter_id = %s",
-        (broadcast_id, transporter_id),
-        prepare=True,
+        _RECIPIENT_AND_OPEN_SLOTS, {"b": broadcast_id, "t": transporter_id}, prepare=True
     )
-    return await cur.fetchone() is not None
+    row = await cur.fetchone()
+    assert row is not None
+    return bool(row[0]), [(pair[0], pair[1]) for pair in row[1]]
 
 
 def refuse_unless_open(row: BroadcastRow | None, clock: Clock) -> BroadcastRow:
@@ -51,12 +58,6 @@ def refuse_unless_open(row: BroadcastRow | None, clock: Clock) -> BroadcastRow:
     if row.state == "expired" or clock() >= row.expires_at:
         raise Rejected("request_expired", "Request expired")
     return row
-
-
-async def _open_slots(conn: Conn, broadcast_id: str) -> list[tuple[str, str]]:
-    """Every open slot of the broadcast as (truck request id, vehicle type), in slot order."""
-    cur = await conn.execute(_OPEN_SLOTS, (broadcast_id,), prepare=True)
-    return [(r[0], r[1]) for r in await cur.fetchall()]
 
 
 def choose(cmd: AcceptSlots, open_slots: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -77,11 +78,11 @@ def choose(cmd: AcceptSlots, open_slots: list[tuple[str, str]]) -> list[tuple[st
 async def accept_slots(clock: Clock, conn: Conn, cmd: AcceptSlots) -> AcceptResult:
     """Claim the slots `cmd` asks for, all or none, or refuse with the contract's reason."""
     row = refuse_unless_open(await lock_broadcast(conn, cmd.broadcast_id), clock)
-    if not await _is_recipient(conn, row.broadcast_id, cmd.transporter_id):
+    notified, open_slots = await _recipient_and_open_slots(
+        conn, row.broadcast_id, cmd.transporter_id
+    )
+    if not notified:
         raise Rejected("not_notified", "This broadcast was not sent to you")
-    if row.state == "fully_filled":
-        raise Rejected("no_longer_available", "No longer available", available=0)
-    open_slots = await _open_slots(conn, row.broadcast_id)
     won = [
         AcceptedSlot(truck_request_id=tr, assignment_id=str(uuid.uuid4()), vehicle_type=vt)
         for tr, vt in choose(cmd, open_slots)
@@ -109,7 +110,8 @@ async def _record(
     left: int,
     now: datetime,
 ) -> str:
-    """Append the claim's events and update the read models; the broadcast's new state."""
+    """Append the claim's events and update the read models (sent together, one round trip);
+    the broadcast's new state."""
     events: list[DomainEvent] = [
         SlotsAccepted(
             broadcast_id=row.broadcast_id, transporter_id=transporter_id, slots=tuple(won)
@@ -118,14 +120,15 @@ async def _record(
     state = "partially_filled" if left else "fully_filled"
     if not left:
         events.append(BroadcastFilled(broadcast_id=row.broadcast_id))
-    await append(conn, f"broadcast-{row.broadcast_id}", row.version, events)
-    await accept_truck_requests(conn, row.broadcast_id, transporter_id, won, at=now)
     version = row.version + len(events)
-    if state != row.state:
-        end_reason = None if left else "fully_filled"
-        await change_state(
-            conn, row.broadcast_id, state, at=now, version=version, end_reason=end_reason
-        )
-    else:
-        await set_version(conn, row.broadcast_id, version)
+    async with conn.pipeline():
+        await accept_truck_requests(conn, row.broadcast_id, transporter_id, won, at=now)
+        if state != row.state:
+            end_reason = None if left else "fully_filled"
+            await change_state(
+                conn, row.broadcast_id, state, at=now, version=version, end_reason=end_reason
+            )
+        else:
+            await set_version(conn, row.broadcast_id, version)
+        await append(conn, f"broadcast-{row.broadcast_id}", row.version, events)
     return state
