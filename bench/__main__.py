@@ -7,7 +7,14 @@ import importlib
 
 from bench.common import write_report
 
-SCENARIOS = {"bus": "bench.bus", "timers": "bench.timers"}
+SCENARIOS = {
+    "bus": "bench.bus",
+    "timers": "bench.timers",
+    "accept-storm": "bench.accept_storm",
+    "search": "bench.search",
+    "fanout": "bench.fanout",
+    "presence": "bench.presence",
+}
 
 
 def main() -> None:

@@ -156,6 +156,9 @@ async def run_service(spec: ServiceSpec, settings: Settings, instance: str) -> i
                 access_log=False,
                 lifespan="on",
                 timeout_graceful_shutdown=10,
+                # Frames are a few hundred bytes; per-socket zlib contexts would double the
+                # memory of an idle connection for little gain.
+                ws_per_message_deflate=False,
             )
         )
         log.info("service_started", port=sock.getsockname()[1], pid=os.getpid())

@@ -1,4 +1,4 @@
-"""The gateway's Starlette application: health, metrics and the /v1 API."""
+"""The gateway's Starlette application: health, metrics, the /v1 API and its WebSocket."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from services.gateway.errors import EXCEPTION_HANDLERS
 from services.gateway.http import CommandSender, Deps
 from services.gateway.middleware import RequestContext
 from services.gateway.ratelimit import RateLimiter
+from services.gateway.realtime.endpoint import realtime_for, socket_route
+from services.gateway.realtime.hub import Hub
 from services.gateway.routes import api_routes
 
 log = structlog.get_logger(__name__)
@@ -45,11 +47,16 @@ def create_app(
         resources.redis, prefix, resources.instance, timeout_s=config.command_timeout_s
     )
     deps = build_deps(resources, commands, keys or SettingsKeys(resources.settings), config)
+    realtime = realtime_for(resources)
     return Starlette(
-        routes=[*health_routes(resources.pool, resources.redis), *api_routes(deps)],
+        routes=[
+            *health_routes(resources.pool, resources.redis),
+            *api_routes(deps),
+            socket_route(deps, realtime),
+        ],
         middleware=[Middleware(RequestContext)],
         exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=commands_lifespan(commands),
+        lifespan=gateway_lifespan(commands, realtime.hub),
     )
 
 
@@ -65,6 +72,18 @@ def build_deps(
         limiter=RateLimiter(config.rate_limit_per_minute),
         config=config,
     )
+
+
+def gateway_lifespan(commands: CommandClient, hub: Hub) -> Lifespan:
+    """The command client's lifespan, and the WebSocket hub running for as long."""
+    with_commands = commands_lifespan(commands)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with with_commands(app), hub.running():
+            yield
+
+    return lifespan
 
 
 def commands_lifespan(commands: CommandClient) -> Lifespan:

@@ -1,10 +1,12 @@
-"""The gateway service: HTTP API and WebSocket on `GATEWAY_HOST`:`GATEWAY_PORT`."""
+"""The gateway service: HTTP API and WebSocket on `GATEWAY_HOST`:`GATEWAY_PORT`, and the
+projector that turns domain events into the users' WebSocket messages."""
 
 from starlette.applications import Starlette
 
 from libs.runtime.keyring import open_keyring
 from libs.runtime.service import Resources, ServiceSpec
 from services.gateway.app import create_app
+from services.gateway.realtime.projector import run_projector
 
 
 def gateway_app(resources: Resources) -> Starlette:
@@ -14,5 +16,9 @@ def gateway_app(resources: Resources) -> Starlette:
 
 
 SERVICE = ServiceSpec(
-    name="gateway", default_port=8000, app=gateway_app, port_setting=lambda s: s.gateway_port
+    name="gateway",
+    default_port=8000,
+    app=gateway_app,
+    port_setting=lambda s: s.gateway_port,
+    tasks=(run_projector,),
 )

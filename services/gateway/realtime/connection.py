@@ -1,0 +1,150 @@
+"""One open socket: which frames it has been sent, and its catching up from the inbox.
+
+Frames reach a connection from the hub (`deliver`, never blocking) and from its inbox while it
+catches up (`catch_up`). Each frame has its inbox id; a connection sends ids in increasing
+order and never one it already sent, so live frames that also came in a replay are dropped.
+While catching up, live frames are held and sent after the replay.
+
+A connection whose send buffer (`sender.py`) or held frames pass `max_pending` (the client
+reads too slowly or is gone) is dropped: nothing more is buffered and the socket is closed with
+`LAGGING_CLOSE`; the client resumes with `lastEventId`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from prometheus_client import Counter
+from starlette.websockets import WebSocket
+
+from services.gateway.realtime.frames import RESYNC_REQUIRED, wire_text
+from services.gateway.realtime.inbox import Inbox, StreamId, format_id, parse_id
+from services.gateway.realtime.sender import SendBuffer
+
+log = structlog.get_logger(__name__)
+
+DROPPED = Counter(
+    "weelo_gateway_sockets_dropped_total", "WebSockets closed because their client read too slowly"
+)
+
+LAGGING_CLOSE = 4008
+TRY_AGAIN_CLOSE = 1013
+PAGE = 100
+
+Held = list[tuple[StreamId, str, bytes]]
+
+
+class Connection:
+    __slots__ = ("_again", "_catching", "_held", "_max_pending", "_out", "last_id", "user")
+
+    def __init__(self, ws: WebSocket, user: str, max_pending: int) -> None:
+        self.user, self._max_pending = user, max_pending
+        self._out = SendBuffer(ws, max_pending)
+        self._catching: asyncio.Task[None] | None = None
+        self._again = False
+        self._held: Held | None = []  # held until the first catch-up ends
+        self.last_id: StreamId = (0, 0)
+
+    @property
+    def closed(self) -> bool:
+        return self._out.closed
+
+    @property
+    def evicted(self) -> bool:
+        """True when the connection ended its own endpoint (a client that read nothing)."""
+        return self._out.evicted
+
+    def deliver(self, raw_id: str, stored: bytes) -> None:
+        """A live frame from the hub: sent in order, held while catching up."""
+        if self.closed:
+            return
+        entry_id = parse_id(raw_id)
+        if self._held is None:
+            self._enqueue(entry_id, raw_id, stored)
+        elif len(self._held) < self._max_pending:
+            self._held.append((entry_id, raw_id, stored))
+        else:
+            self.drop()
+
+    def send_control(self, text: str) -> None:
+        """A frame outside the inbox (`pong`, `resync_required`)."""
+        self._push(text)
+
+    def catch_up_soon(
+        self, inbox: Inbox, after: StreamId, *, check_gap: bool
+    ) -> asyncio.Task[None]:
+        """Start `catch_up` unless one is running; then that one runs once more after it, from
+        where it got (a second outage of the live feed during the first catch-up)."""
+        if self._catching is not None:
+            self._again = True
+            return self._catching
+        self._catching = asyncio.create_task(self._catch_up_loop(inbox, after, check_gap))
+        return self._catching
+
+    async def _catch_up_loop(self, inbox: Inbox, after: StreamId, check_gap: bool) -> None:
+        try:
+            await self.catch_up(inbox, after, check_gap=check_gap)
+            while self._again and not self.closed:
+                self._again = False
+                await self.catch_up(inbox, self.last_id, check_gap=self.last_id != (0, 0))
+        except Exception as e:  # Redis unreachable: the client must come back for the rest
+            log.warning("socket_catch_up_failed", user=self.user, error=repr(e))
+            self.close(TRY_AGAIN_CLOSE, "try again with lastEventId")
+        finally:
+            self._catching = None
+
+    async def catch_up(self, inbox: Inbox, after: StreamId, *, check_gap: bool) -> None:
+        """Send what the inbox holds after `after`, then what arrived live meanwhile.
+
+        With `check_gap`, an `after` older than everything the inbox holds means messages were
+        trimmed away: the client gets `resync_required` and the connection goes live.
+        """
+        if self._held is None:
+            self._held = []
+        try:
+            first = await inbox.first_id(self.user) if check_gap else None
+            if check_gap and (first is None or after < first):
+                self.send_control(RESYNC_REQUIRED)
+                return
+            await self._replay(inbox, after)
+        finally:
+            held, self._held = self._held, None
+            for entry_id, raw_id, stored in held:
+                self._enqueue(entry_id, raw_id, stored)
+
+    async def _replay(self, inbox: Inbox, after: StreamId) -> None:
+        self.last_id = max(self.last_id, after)
+        while not self.closed:
+            page = await inbox.after(self.user, self.last_id, PAGE)
+            for raw_id, stored in page:
+                self._enqueue(parse_id(raw_id), raw_id, stored)
+            if len(page) < PAGE:
+                return
+            await self.drained()
+
+    def _enqueue(self, entry_id: StreamId, raw_id: str, stored: bytes) -> None:
+        if entry_id <= self.last_id:
+            return
+        self.last_id = entry_id
+        self._push(wire_text(raw_id, stored))
+
+    def _push(self, text: str) -> None:
+        if not self._out.push(text):
+            self.drop()
+
+    async def drained(self) -> None:
+        """Wait until everything buffered was handed to the socket."""
+        await self._out.drained()
+
+    def drop(self) -> None:
+        """Stop sending to a lagging client and close its socket."""
+        if not self.closed:
+            DROPPED.inc()
+            log.warning("socket_lagging_dropped", user=self.user, last_id=format_id(self.last_id))
+            self.close(LAGGING_CLOSE, "too slow: reconnect with lastEventId")
+
+    def close(self, code: int, reason: str) -> None:
+        """Send nothing more and close the socket (its receive loop then ends)."""
+        self._held = []
+        self._out.close(code, reason)

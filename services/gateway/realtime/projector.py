@@ -1,0 +1,150 @@
+"""The projector: each domain event becomes the contract's messages in its recipients' inboxes.
+
+It reads the broadcast and driver event streams as the consumer group `projector`. Every
+gateway process runs it, but one leads at a time (`leader.py`), so the events of one broadcast
+are projected one after another in stream order even across processes; a new leader first runs
+what the old one left unacknowledged. Delivery is at least once and `Inbox.deliver` skips an
+event a user already got, so every message reaches its inbox once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import Any
+
+import msgspec
+from psycopg_pool import AsyncConnectionPool
+
+from libs.events.catalogue import DriverAssigned, DriverAvailabilityChanged, Envelope, Event
+from libs.events.dispatch import EventHandler, event_handler, stream_key
+from libs.events.runner import PoisonMessage, RunnerConfig, StreamRunner
+from libs.events.store import envelope_from_row
+from libs.events.streams import dead_letter_stream, events_stream
+from libs.runtime.service import Resources
+from services.gateway import reads
+from services.gateway.fleet_views import AssignmentView, assignment_view
+from services.gateway.realtime import messages
+from services.gateway.realtime.fold import apply, fold
+from services.gateway.realtime.frames import Message
+from services.gateway.realtime.inbox import Inbox
+from services.gateway.realtime.leader import lead_forever
+from services.gateway.realtime.state import BroadcastState, FoldError
+
+GROUP = "projector"
+CATEGORIES = ("broadcast", "driver")
+# A new leader claims what the old one left pending at once (it is the only consumer);
+# a failed event is retried every second until it goes to the dead-letter stream.
+RUNNER = RunnerConfig(claim_idle_ms=0, reclaim_interval_s=1.0, block_ms=1000)
+
+_UNTIL = (
+    "SELECT event_id, version, position, recorded_at, correlation_id, data::text"
+    " FROM events WHERE stream_id = %s AND version <= %s ORDER BY version"
+)
+
+
+class Projector:
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], inbox: Inbox, cache_size: int = 10_000
+    ) -> None:
+        self._pool, self._inbox = pool, inbox
+        self._cache: OrderedDict[str, BroadcastState] = OrderedDict()
+        self._cache_size = cache_size
+
+    def table(self) -> dict[type[Event], EventHandler]:
+        table: dict[type[Event], EventHandler] = dict.fromkeys(
+            messages.HANDLERS, self.project_broadcast
+        )
+        table[DriverAvailabilityChanged] = self.project_availability
+        return table
+
+    async def project_broadcast(self, envelope: Envelope) -> None:
+        try:
+            before = await self._state_before(envelope)
+            after = apply(before, envelope)
+        except FoldError as e:
+            raise PoisonMessage(str(e)) from e
+        self._remember(after)
+        trip = None
+        if isinstance(envelope.event, DriverAssigned):
+            trip = await self._trip(after, envelope.event.assignment_id)
+        change = messages.Change(before, after, envelope, trip)
+        await self._inbox.deliver(envelope.event_id, messages.for_change(change))
+
+    async def project_availability(self, envelope: Envelope) -> None:
+        event = envelope.event
+        assert isinstance(event, DriverAvailabilityChanged)
+        transporter = event.transporter_id or await self._transporter_of(event.driver_id)
+        found: list[Message] = []
+        if transporter is not None:
+            found = messages.for_availability(envelope, transporter)
+        await self._inbox.deliver(envelope.event_id, found)
+
+    async def _state_before(self, envelope: Envelope) -> BroadcastState | None:
+        """The broadcast after the event before `envelope`: from memory when this process
+        projected that one, else folded from the event store."""
+        if envelope.version == 1:
+            return None
+        cached = self._cache.get(envelope.stream_id)
+        if cached is not None and cached.version == envelope.version - 1:
+            return cached
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(_UNTIL, (envelope.stream_id, envelope.version - 1))
+            rows = await cur.fetchall()
+        return fold(envelope_from_row(envelope.stream_id, row) for row in rows)
+
+    def _remember(self, state: BroadcastState) -> None:
+        stream_id = f"broadcast-{state.broadcast_id}"
+        cached = self._cache.get(stream_id)
+        if cached is None or cached.version < state.version:
+            self._cache[stream_id] = state
+            self._cache.move_to_end(stream_id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def _trip(self, after: BroadcastState, assignment_id: str) -> AssignmentView | None:
+        """The assignment as the API shows it, as it stood after this event."""
+        async with self._pool.connection() as conn:
+            row = await reads.assignment(conn, assignment_id)
+        if row is None:
+            return None
+        now = after.assignment(assignment_id)
+        return msgspec.structs.replace(
+            assignment_view(row),
+            state=now.state,
+            driver_id=now.driver_id,
+            vehicle_id=now.vehicle_id,
+        )
+
+    async def _transporter_of(self, driver_id: str) -> str | None:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT transporter_id FROM drivers WHERE driver_id = %s", (driver_id,)
+            )
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+
+async def run_projector(resources: Resources, stop: asyncio.Event) -> None:
+    """The gateway task: project while this process leads, stand by otherwise."""
+    prefix = resources.settings.redis_key_prefix
+    projector = Projector(resources.pool, Inbox(resources.redis, prefix))
+    handler = event_handler(projector.table())
+
+    async def project(until: asyncio.Event) -> None:
+        runners = [
+            StreamRunner(
+                resources.redis,
+                stream=events_stream(prefix, category),
+                group=GROUP,
+                consumer=resources.instance,
+                handler=handler,
+                dead_letter=dead_letter_stream(prefix),
+                config=RUNNER,
+                key=stream_key,
+            )
+            for category in CATEGORIES
+        ]
+        await asyncio.gather(*(r.run(until) for r in runners))
+
+    await lead_forever(resources.settings.database_url, f"{GROUP}:{prefix}", project, stop)

@@ -1,0 +1,125 @@
+"""Inboxes on a real Redis, and one connection's ordering, dedupe and overflow (its socket is a
+recording stand-in: the unit under test is our own `Connection`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from starlette.websockets import WebSocket
+
+from services.gateway.realtime.connection import LAGGING_CLOSE, Connection
+from services.gateway.realtime.frames import Frame, Message, StateChanged
+from services.gateway.realtime.inbox import Inbox, parse_id
+from tests.events.helpers import eventually
+
+
+class Recorder:
+    """Stands in for a socket: records what is sent; `stuck` makes sends never finish."""
+
+    def __init__(self, stuck: bool = False) -> None:
+        self.texts: list[str] = []
+        self.closed_with: int | None = None
+        self._stuck = asyncio.Event() if stuck else None
+
+    async def send_text(self, text: str) -> None:
+        if self._stuck is not None:
+            await self._stuck.wait()
+        self.texts.append(text)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed_with = code
+
+
+def message(user: str, n: int) -> Message:
+    data = StateChanged(
+        broadcast_id=f"b{n}",
+        state="created",
+        previous_state=None,
+        end_reason=None,
+        expires_at="2026-11-24T10:00:00.123Z",
+        filled=0,
+        total=1,
+    )
+    return Message(user, Frame("broadcast_state_changed", "2026-11-24T10:00:00.123Z", data))
+
+
+def connection(recorder: Recorder, user: str, max_pending: int = 256) -> Connection:
+    return Connection(cast(WebSocket, recorder), user, max_pending)
+
+
+def sent_ids(recorder: Recorder) -> list[str]:
+    return [json.loads(t)["eventId"] for t in recorder.texts]
+
+
+async def test_an_event_is_delivered_once(redis: Redis, prefix: str) -> None:
+    """A redelivered event adds nothing to the inbox and publishes nothing again."""
+    inbox = Inbox(redis, prefix)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(inbox.channel("customer:c1"))
+    assert await inbox.deliver("e1", [message("customer:c1", 1), message("customer:c1", 2)]) == 1
+    assert await inbox.deliver("e1", [message("customer:c1", 1), message("customer:c1", 2)]) == 0
+    entries = await inbox.after("customer:c1", (0, 0), 10)
+    assert [json.loads(f)["data"]["broadcastId"] for _, f in entries] == ["b1", "b2"]
+    published: list[Any] = []
+    deadline = asyncio.get_running_loop().time() + 0.5
+    while asyncio.get_running_loop().time() < deadline:
+        got = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if got is not None:
+            published.append(got["data"])
+    assert [p.split(b" ", 1)[0].decode() for p in published] == [i for i, _ in entries]
+    await pubsub.aclose()
+
+
+async def test_catch_up_then_live_without_duplicates(redis: Redis, prefix: str) -> None:
+    """Live frames that arrive while a connection replays are sent after the replay, in id
+    order, and those the replay already sent are not sent again."""
+    inbox, user = Inbox(redis, prefix), "transporter:t1"
+    for n in range(5):
+        await inbox.deliver(f"e{n}", [message(user, n)])
+    entries = await inbox.after(user, (0, 0), 10)
+    recorder = Recorder()
+    conn = connection(recorder, user)
+    conn.deliver(*entries[3])  # published while replaying: also in the replay
+    conn.deliver(*entries[4])
+    await conn.catch_up_soon(inbox, parse_id(entries[0][0]), check_gap=True)
+    await conn.drained()
+    assert sent_ids(recorder) == [i for i, _ in entries[1:]]
+    conn.deliver(*entries[2])  # an old one again
+    await inbox.deliver("e9", [message(user, 9)])
+    newest = (await inbox.after(user, parse_id(entries[4][0]), 1))[0]
+    conn.deliver(*newest)
+    await conn.drained()
+    assert sent_ids(recorder) == [i for i, _ in entries[1:]] + [newest[0]]
+
+
+async def test_gap_requires_resync(redis: Redis, prefix: str) -> None:
+    """A starting id older than the inbox's oldest entry gets resync_required, then live frames."""
+    inbox, user = Inbox(redis, prefix), "driver:d1"
+    await inbox.deliver("e1", [message(user, 1)])
+    recorder = Recorder()
+    conn = connection(recorder, user)
+    await conn.catch_up_soon(inbox, (1, 0), check_gap=True)
+    await conn.drained()
+    assert recorder.texts == ['{"type":"resync_required"}']
+
+
+async def test_lagging_connection_is_dropped(redis: Redis, prefix: str) -> None:
+    """A connection whose socket takes nothing is closed with 4008 once its buffer is full,
+    and buffers nothing more."""
+    inbox, user = Inbox(redis, prefix), "customer:c9"
+    recorder = Recorder(stuck=True)
+    conn = connection(recorder, user, max_pending=3)
+    await conn.catch_up_soon(inbox, (0, 0), check_gap=False)
+    for n in range(6):
+        await inbox.deliver(f"e{n}", [message(user, n)])
+    for entry_id, frame in await inbox.after(user, (0, 0), 10):
+        conn.deliver(entry_id, frame)
+
+    async def closed() -> bool:
+        return recorder.closed_with == LAGGING_CLOSE
+
+    await eventually(closed, timeout=2)
+    assert conn.closed
