@@ -119,8 +119,8 @@ def service_env(database_url: str, redis_url: str, prefix: str, tmp_path: Path) 
         REDIS_URL=redis_url,
         REDIS_KEY_PREFIX=prefix,
         WEELO_STATE_DIR=str(tmp_path / "state"),
-        JWT_SECRET="test-access-secret-" + RUN,
-        JWT_REFRESH_SECRET="test-refresh-secret-" + RUN,
+        JWT_SECRET="test-access-secret-of-thirty-two-bytes-" + RUN,
+        JWT_REFRESH_SECRET="test-refresh-secret-of-thirty-two-bytes-" + RUN,
     )
     return env
 
@@ -142,7 +142,7 @@ def service_env_module(
         REDIS_URL=redis_url,
         REDIS_KEY_PREFIX=module_prefix,
         WEELO_STATE_DIR=str(tmp_path_factory.mktemp("state")),
-        JWT_SECRET="test-access-secret-" + RUN,
-        JWT_REFRESH_SECRET="test-refresh-secret-" + RUN,
+        JWT_SECRET="test-access-secret-of-thirty-two-bytes-" + RUN,
+        JWT_REFRESH_SECRET="test-refresh-secret-of-thirty-two-bytes-" + RUN,
     )
     return env
