@@ -386,3 +386,56 @@ async def test_timer_stops_cleanly_under_load(
     assert {n for _, _, n in ended} == {1}, "a broadcast expired twice or not at all"
     assert max(late for _, late, _ in ended) <= 1.0
     await drained(redis, stream, "timer", victim)
+
+
+async def test_gateway_stops_cleanly_under_load(
+    spawn: Callable[..., Instance], service_env: dict[str, str], database_url: str
+) -> None:
+    """A gateway SIGTERMed while requests fly finishes the requests it took, answers none with a
+    5xx, exits 0 well within its stopTimeout, and every 200 it gave is in the database."""
+    import httpx
+
+    from libs.runtime.tokens import issue
+    from tests.processes import Service
+
+    spawn("broadcast")
+    gateway = Service("gateway", environment(service_env, LOG_LEVEL="WARNING"))
+    wait_healthy(gateway.port, gateway.proc)
+    token = issue(service_env["JWT_SECRET"], role="transporter", sub="t-shutdown", ttl_s=300)
+    outcomes: dict[str, int | str] = {}
+
+    async def put(api: httpx.AsyncClient, n: int) -> None:
+        vehicle = f"v-shutdown-{n}"
+        try:
+            reply = await api.put(
+                f"/v1/transporters/me/vehicles/{vehicle}",
+                json={"vehicleType": "open_17ft", "lat": 12.9, "lng": 77.5},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            outcomes[vehicle] = reply.status_code
+        except httpx.TransportError as e:  # refused once it stopped taking connections
+            outcomes[vehicle] = type(e).__name__
+
+    limits = httpx.Limits(max_connections=20, max_keepalive_connections=0)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{gateway.port}", limits=limits, timeout=30
+    ) as api:
+        calls = []
+        for n in range(300):
+            calls.append(asyncio.create_task(put(api, n)))
+            if n == 150:
+                stopped_at = time.monotonic()
+                gateway.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(1 / LOAD_RATE)
+        await asyncio.gather(*calls)
+    code = gateway.proc.wait(stop_timeout("gateway"))
+    took = time.monotonic() - stopped_at
+    assert code == 0 and took < STOP_WITHIN_S, (code, took)
+    answered = {v: s for v, s in outcomes.items() if isinstance(s, int)}
+    assert set(answered.values()) == {200}, outcomes
+    assert len(answered) >= 150, len(answered)
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute(
+            "SELECT vehicle_id FROM vehicles WHERE vehicle_id = ANY(%s)", (list(answered),)
+        )
+        assert {r[0] for r in await cur.fetchall()} == set(answered)
