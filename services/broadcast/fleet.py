@@ -28,12 +28,28 @@ async def _owner_and_version(
     return (row[0], row[1]) if row else None
 
 
+async def _version_if_mine(
+    conn: Conn, table: str, ident: str, transporter_id: str, taken: Rejected
+) -> int:
+    """The stream version a (re-)registration by `transporter_id` appends at; `taken` if the id
+    belongs to another transporter. A first registration racing another appends at 0 too; the
+    loser's conflict is retried and then finds the id taken."""
+    key = {"vehicles": "vehicle_id", "drivers": "driver_id"}[table]
+    current = await _owner_and_version(conn, table, key, ident)
+    if current and current[0] != transporter_id:
+        raise taken
+    return current[1] if current else 0
+
+
 async def register_vehicle(conn: Conn, cmd: RegisterVehicle) -> Done:
     """Add or move a vehicle; a vehicle id owned by another transporter is `vehicle_taken`."""
-    current = await _owner_and_version(conn, "vehicles", "vehicle_id", cmd.vehicle_id)
-    if current and current[0] != cmd.transporter_id:
-        raise Rejected("vehicle_taken", "Vehicle is registered to another transporter")
-    version = current[1] if current else 0
+    version = await _version_if_mine(
+        conn,
+        "vehicles",
+        cmd.vehicle_id,
+        cmd.transporter_id,
+        Rejected("vehicle_taken", "Vehicle is registered to another transporter"),
+    )
     await append(
         conn,
         f"fleet-vehicle.{cmd.vehicle_id}",
@@ -75,10 +91,13 @@ async def remove_vehicle(conn: Conn, cmd: RemoveVehicle) -> Done:
 
 async def register_driver(conn: Conn, cmd: RegisterDriver) -> Done:
     """Add or update a driver; a driver registered to another transporter is `driver_taken`."""
-    current = await _owner_and_version(conn, "drivers", "driver_id", cmd.driver_id)
-    if current and current[0] != cmd.transporter_id:
-        raise Rejected("driver_taken", "Driver is registered to another transporter")
-    version = current[1] if current else 0
+    version = await _version_if_mine(
+        conn,
+        "drivers",
+        cmd.driver_id,
+        cmd.transporter_id,
+        Rejected("driver_taken", "Driver is registered to another transporter"),
+    )
     await append(
         conn,
         f"fleet-driver.{cmd.driver_id}",
