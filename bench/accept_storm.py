@@ -52,6 +52,7 @@ from bench.common import (
     scratch_database,
     servers,
     service_env,
+    verdict,
     wait_until,
     weelo,
 )
@@ -565,10 +566,6 @@ def settle(d: Deployment, figures: Figures, phase: str) -> None:
         f"{phase}: every event handled (outbox empty, every consumer group acknowledged all)",
         f"{(time.monotonic() - began) * 1000:,.0f} ms after the last answer",
     )
-
-
-def verdict(met: bool) -> str:
-    return "met" if met else "**missed**"
 
 
 # --- the scenario -----------------------------------------------------------------------------

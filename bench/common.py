@@ -96,6 +96,10 @@ def weelo(*args: str) -> list[str]:
     return [sys.executable, "-m", "libs.runtime.cli", *args]
 
 
+def verdict(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))

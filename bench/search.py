@@ -36,10 +36,9 @@ from bench.accept_storm import (
     search_body,
     seed_vehicles,
     settle,
-    verdict,
     wait_caught_up,
 )
-from bench.common import Figures, percentile
+from bench.common import Figures, percentile, verdict
 
 VEHICLES = 10_000
 PER_TRANSPORTER = 5
@@ -181,9 +180,9 @@ async def _ladder(d: Deployment, figures: Figures, rng: random.Random) -> list[R
             run = await offer(d, rate, LADDER_SECONDS, rng)
         runs.append(run)
         wait_caught_up(d, f"the events of {rate}/s")
-        verdict = "sustained" if run.sustained() else "**not sustained**"
+        outcome = "sustained" if run.sustained() else "**not sustained**"
         figures.add(
-            f"{rate} searches/s offered for {LADDER_SECONDS} s", f"{run.summary()} ({verdict})"
+            f"{rate} searches/s offered for {LADDER_SECONDS} s", f"{run.summary()} ({outcome})"
         )
         if not run.sustained():
             figures.add(

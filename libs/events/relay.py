@@ -4,7 +4,8 @@ One relay leads at a time (a PostgreSQL advisory lock held by its listening conn
 service process runs one, so publishing goes on while any service is up. An event committed to
 PostgreSQL reaches Redis even if its writer died right after the commit, because the relay reads
 the outbox table, not the writer's memory. Publishing is at least once: a relay that dies
-between XADD and deleting the outbox rows publishes those rows again, and consumers dedupe.
+between XADD and deleting the outbox rows (or whose deletion was not yet flushed to disk when
+PostgreSQL stopped) publishes those rows again, and consumers dedupe.
 
 If Redis lost its data (the epoch key is gone), the relay first republishes the events of the
 last `replay_window_s` seconds, so consumers that had not yet read them still get them.
@@ -44,6 +45,9 @@ SELECT e.position, e.stream_id, e.event_id, e.version, e.recorded_at, e.correlat
 FROM taken JOIN events e ON e.position = taken.position
 ORDER BY e.position
 """
+# The relay's own transactions only delete published rows from the outbox: one lost in a crash
+# publishes those rows again, which consumers dedupe, so they need not wait for the WAL flush.
+_NO_FLUSH_WAIT = "SET synchronous_commit = off"
 _RECENT = """
 SELECT e.position, e.stream_id, e.event_id, e.version, e.recorded_at, e.correlation_id,
        e.data::text
@@ -75,6 +79,7 @@ class RelayConfig:
     poll_interval_s: float = 1.0
     replay_window_s: float = 60.0
     retry_delay_s: float = 1.0
+    vacuum_after_rows: int = 2000
 
 
 def wire_entry(row: Sequence[Any]) -> bytes:
@@ -129,6 +134,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._publish = redis.register_script(_PUBLISH_IF_EPOCH)
         self.published = 0
+        self._removed = 0  # rows deleted from the outbox since this relay last vacuumed it
 
     async def run(self, stop: asyncio.Event) -> None:
         """Lead when possible, until `stop` is set; survive database and Redis outages."""
@@ -156,6 +162,7 @@ class OutboxRelay:
             async with await psycopg.AsyncConnection.connect(
                 self._database_url, autocommit=True
             ) as worker:
+                await worker.execute(_NO_FLUSH_WAIT)
                 listening = asyncio.create_task(self._listen(listener))
                 try:
                     await self._drain_until(stop, worker, listening)
@@ -182,6 +189,8 @@ class OutboxRelay:
             await self._replay_if_redis_lost(worker)
             while await self._publish_batch(worker) == self._config.batch_size:
                 pass
+            if self._removed >= self._config.vacuum_after_rows:
+                await self._vacuum(worker)
             await _wait_any(stop, self._wake, self._config.poll_interval_s)
 
     async def _publish_batch(self, worker: psycopg.AsyncConnection[Any]) -> int:
@@ -192,7 +201,16 @@ class OutboxRelay:
             while rows and not await publish_if_epoch(self._publish, self._prefix, rows):
                 await self._replay_if_redis_lost(worker, below=rows[0][0])
         self.published += len(rows)
+        self._removed += len(rows)
         return len(rows)
+
+    async def _vacuum(self, worker: psycopg.AsyncConnection[Any]) -> None:
+        """Clear the outbox's deleted rows. The relay takes the lowest positions first, so an
+        index scan would otherwise walk every row deleted since the last vacuum (autovacuum
+        comes at most once a minute): at 1,000 events/s taking a batch grew from 1 ms to 6 ms
+        within 7 s."""
+        await worker.execute("VACUUM (SKIP_LOCKED) outbox")
+        self._removed = 0
 
     async def _replay_if_redis_lost(
         self, worker: psycopg.AsyncConnection[Any], below: int = 2**63 - 1

@@ -151,3 +151,44 @@ async def test_a_standby_relay_takes_over_when_the_leader_stops(
         stops[1].set()
         await asyncio.wait_for(tasks[1], 10)
     assert (first.published, second.published) == (1, 1)
+
+
+async def _manual_vacuums(database_url: str) -> int:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as c:
+        cur = await c.execute(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'"
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_the_relay_vacuums_the_outbox_once_it_removed_enough_rows(
+    database_url: str, redis: Redis, prefix: str, conn: psycopg.AsyncConnection
+) -> None:
+    """Rows the relay deleted do not wait for autovacuum (at most once a minute): after removing
+    `vacuum_after_rows` rows the relay vacuums the outbox itself, and not before."""
+    await _drain_outbox(database_url)
+    config = RelayConfig(poll_interval_s=0.2, vacuum_after_rows=25)
+    relay = OutboxRelay(database_url, redis, prefix, config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        before = await _manual_vacuums(database_url)
+        stream_id = f"probe-{uuid.uuid4()}"
+        await append_probes(conn, stream_id, 20)
+        await eventually(lambda: _count(redis, events_stream(prefix, "probe"), stream_id, 20))
+        assert await _manual_vacuums(database_url) == before
+        await append_probes(conn, stream_id, 10, start=20)
+        await eventually(lambda: _vacuumed_since(database_url, before))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def _count(redis: Redis, stream: str, stream_id: str, wanted: int) -> bool:
+    return sum(1 for s, _ in await _entries(redis, stream) if s == stream_id) >= wanted
+
+
+async def _vacuumed_since(database_url: str, before: int) -> bool:
+    return await _manual_vacuums(database_url) > before

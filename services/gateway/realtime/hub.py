@@ -7,7 +7,8 @@ confirmed its subscription, so a replay read after that misses nothing. When the
 connection is re-established, every connection catches up from its inbox, so frames published
 while it was down are not lost.
 
-It also keeps the heartbeats of the drivers with a socket here (`heartbeats.py`).
+It also keeps the heartbeats of the drivers with a socket here (`heartbeats.py`) and the garbage
+collector's pauses short (`heap.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.gateway.realtime.connection import Connection
+from services.gateway.realtime.heap import tend_heap
 from services.gateway.realtime.heartbeats import SocketHeartbeats
 from services.gateway.realtime.inbox import Inbox
 from services.gateway.realtime.lag import watch_loop_lag
@@ -63,12 +65,14 @@ class Hub:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Read the pub/sub connection and send heartbeats for as long as the app runs."""
+        """Read the pub/sub connection, send heartbeats and keep garbage-collector pauses short
+        (`heap.py`) for as long as the app runs."""
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(self._read_forever(stop)),
             asyncio.create_task(self.heartbeats.run(stop)),
             asyncio.create_task(watch_loop_lag(stop)),
+            asyncio.create_task(tend_heap(stop)),
         ]
         try:
             yield
