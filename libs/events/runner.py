@@ -2,7 +2,8 @@
 
 - `XREADGROUP` new entries, run the handler, `XACK` only after it returned (its work committed).
 - Entries with the same key (by default the event's stream id) run in order; different keys run
-  side by side within a batch.
+  side by side within a batch. A handler sees the entries of its key still to come in the batch
+  (`Delivery.later`), so it may skip work a later entry makes moot.
 - Entries left pending longer than `claim_idle_ms` (their consumer died, or the handler failed)
   are claimed and run again; after `max_deliveries` attempts an entry goes to the dead-letter
   stream with its last error and is acknowledged, so a poison message never stalls the group.
@@ -17,7 +18,7 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -39,6 +40,8 @@ class Delivery:
     entry_id: str
     fields: dict[bytes, bytes]
     deliveries: int
+    # The entries with the same key after this one in its batch, in the order they will run.
+    later: tuple[Delivery, ...] = ()
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -122,7 +125,9 @@ class StreamRunner:
         groups: dict[str, list[Delivery]] = defaultdict(list)
         for delivery in batch:
             groups[self._key(delivery)].append(delivery)
-        outcomes = await asyncio.gather(*(self._run_in_order(g) for g in groups.values()))
+        outcomes = await asyncio.gather(
+            *(self._run_in_order(_with_later(g)) for g in groups.values())
+        )
         done = [entry for outcome in outcomes for entry in outcome]
         if done:
             await self._redis.xack(self.stream, self.group, *done)
@@ -243,6 +248,18 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
     except ResponseError as e:
         if "BUSYGROUP" not in str(e):
             raise
+
+
+def _with_later(group: list[Delivery]) -> list[Delivery]:
+    """The group's deliveries, each knowing the ones after it (`Delivery.later`)."""
+    done: list[Delivery] = []
+    later: tuple[Delivery, ...] = ()
+    for delivery in reversed(group):
+        knowing = replace(delivery, later=later)
+        later = (knowing, *later)
+        done.append(knowing)
+    done.reverse()
+    return done
 
 
 def _lost_stream_or_group(error: ResponseError) -> bool:

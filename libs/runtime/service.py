@@ -30,6 +30,7 @@ from libs.events.streams import CATEGORIES, events_stream
 from libs.events.trim import trim_forever
 from libs.runtime.health import health_app
 from libs.runtime.housekeeping import prune_forever
+from libs.runtime.resp import packing_in_c
 from libs.runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -92,8 +93,9 @@ REDIS_WAIT_S = 5.0
 
 def redis_pool(url: str) -> BlockingConnectionPool:
     """A pool that makes a caller wait for a free connection (up to `REDIS_WAIT_S`) rather than
-    fail at once when a burst of requests needs more than `REDIS_CONNECTIONS`."""
-    return BlockingConnectionPool.from_url(
+    fail at once when a burst of requests needs more than `REDIS_CONNECTIONS`. Commands are
+    packed by hiredis (`resp.py`)."""
+    pool = BlockingConnectionPool.from_url(
         url,
         max_connections=REDIS_CONNECTIONS,
         timeout=REDIS_WAIT_S,
@@ -101,6 +103,8 @@ def redis_pool(url: str) -> BlockingConnectionPool:
         socket_timeout=10,
         health_check_interval=15,
     )
+    pool.connection_class = packing_in_c(pool.connection_class)
+    return pool
 
 
 def bind_socket(host: str, port: int, explicit: bool) -> socket.socket:

@@ -291,3 +291,27 @@ async def test_stop_finishes_the_message_in_hand_and_acknowledges_it(
     await asyncio.wait_for(task, 5)
     assert finished == [entry]
     assert await pending_count(redis, stream) == 0
+
+
+async def test_a_handler_sees_the_entries_of_its_key_still_to_come_in_the_batch(
+    redis: Redis, prefix: str, running: Running
+) -> None:
+    """Entries read in one batch: each delivery lists the later entries of its own key, in
+    order, and none of another key."""
+    stream, seen = prefix + "s", {}
+
+    async def handle(d: Delivery) -> None:
+        env = envelope_of(d)
+        seen[(env.stream_id, env.version)] = [
+            (envelope_of(x).stream_id, envelope_of(x).version) for x in d.later
+        ]
+
+    for v in range(1, 4):
+        for sid in ("probe-a", "probe-b"):
+            await redis.xadd(stream, probe_entry(sid, v))
+    running.start(make_runner(redis, stream, handle, key=stream_key))
+    await eventually(lambda: _equals(len(seen), 6))
+    for sid in ("probe-a", "probe-b"):
+        assert seen[(sid, 1)] == [(sid, 2), (sid, 3)]
+        assert seen[(sid, 2)] == [(sid, 3)]
+        assert seen[(sid, 3)] == []

@@ -7,6 +7,7 @@ the envelope) and answers the contract's messages in the order a client should s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ class Change:
     envelope: Envelope
     trip: AssignmentView | None = None  # `driver_assigned` only: the assignment as shown
 
-    @property
+    @functools.cached_property
     def at(self) -> str:
         return iso_ms(self.envelope.recorded_at)
 
@@ -46,7 +47,9 @@ class Change:
         return self.to(f"customer:{self.after.customer_id}", kind, data)
 
     def to_transporters(self, kind: str, data: f.Payload) -> list[f.Message]:
-        return [self.to(f"transporter:{t}", kind, data) for t in self.after.notified]
+        """One frame, shared by every notified transporter's message (encoded once)."""
+        frame = f.Frame(kind, self.at, data)
+        return [f.Message(f"transporter:{t}", frame) for t in self.after.notified]
 
 
 def state_changed(change: Change) -> f.Message:
