@@ -675,8 +675,10 @@ def run() -> Figures:
         "phase divided by the attempts (PostgreSQL: the backends of the scratch database; "
         "'outside these processes' is what the rest of the machine used meanwhile, such as "
         "other test runs). The gateway's share includes the realtime projector it runs, and "
-        "Redis's share the inbox deliveries it makes (`evalsha`): every accepted slot sends "
-        "`broadcast_updated` to each transporter notified of the broadcast, here 200. Redis "
-        "command counts are server-wide."
+        "Redis's share the inbox deliveries it makes (`evalsha`, one call per event): a claim "
+        "sends `broadcast_updated` to each transporter notified of the broadcast, here 200, "
+        "unless a later claim of the broadcast is already in the projector's batch (then only "
+        "the newest goes out). The process that holds the outbox relay's lock (any of them) "
+        "also carries the relay's share. Redis command counts are server-wide."
     )
     return figures

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -135,6 +136,7 @@ class OutboxRelay:
         self._publish = redis.register_script(_PUBLISH_IF_EPOCH)
         self.published = 0
         self._removed = 0  # rows deleted from the outbox since this relay last vacuumed it
+        self._next_epoch_check = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Lead when possible, until `stop` is set; survive database and Redis outages."""
@@ -186,7 +188,9 @@ class OutboxRelay:
                 listening.result()  # re-raise why the listener stopped
                 raise ConnectionError("relay listener stopped")
             self._wake.clear()
-            await self._replay_if_redis_lost(worker)
+            if time.monotonic() >= self._next_epoch_check:  # else publishing checks it anyway
+                await self._replay_if_redis_lost(worker)
+                self._next_epoch_check = time.monotonic() + self._config.poll_interval_s
             while await self._publish_batch(worker) == self._config.batch_size:
                 pass
             if self._removed >= self._config.vacuum_after_rows:

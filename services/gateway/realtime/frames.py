@@ -6,8 +6,6 @@ gives it, spliced in when the frame is sent (`wire_text`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import msgspec
 
 from libs.events.catalogue import Location
@@ -102,9 +100,9 @@ class Frame(msgspec.Struct, frozen=True, gc=False):
     data: Payload
 
 
-@dataclass(frozen=True)
-class Message:
-    """One frame for one user (`user_key`)."""
+class Message(msgspec.Struct, frozen=True, gc=False):
+    """One frame for one user (`user_key`). A claim makes one per notified transporter, so it
+    is a struct the cycle collector does not track."""
 
     user: str
     frame: Frame
