@@ -49,6 +49,20 @@ Conn = psycopg.AsyncConnection[Any]
 CommandFn = Callable[[Conn, Any], Awaitable[msgspec.Struct]]
 CommandTable = Mapping[type[Command], CommandFn]
 
+
+class Pipelined:
+    """A command handler whose whole transaction runs in psycopg's pipeline mode: `BEGIN` goes
+    out with its first query and `COMMIT` with nothing else waiting, two round trips fewer.
+    Only for handlers that fetch every result they act on (an error surfaces at a fetch or at
+    the end of a `conn.pipeline()` block, not at `execute`)."""
+
+    def __init__(self, fn: CommandFn) -> None:
+        self.fn = fn
+
+    async def __call__(self, conn: Conn, command: Any) -> msgspec.Struct:
+        return await self.fn(conn, command)
+
+
 UNAVAILABLE = Failure(
     code="unavailable", message="A dependency is unavailable; nothing was changed"
 )
@@ -197,8 +211,9 @@ async def _attempt(
     async with pool.connection() as conn:
         if redelivered and (stored := await _stored_reply(conn, command_id)):
             return stored
+        mode = conn.pipeline() if isinstance(fn, Pipelined) else contextlib.nullcontext()
         try:
-            async with conn.transaction():
+            async with mode, conn.transaction():
                 raw = encode(await fn(conn, envelope.command))
                 if not await _record(conn, command_id, raw):
                     raise _Duplicate
@@ -219,11 +234,11 @@ class _Duplicate(Exception):
 async def _record(conn: Conn, command_id: str, raw: bytes) -> bool:
     cur = await conn.execute(
         "INSERT INTO command_results (command_id, reply) VALUES (%s, %s::jsonb)"
-        " ON CONFLICT DO NOTHING",
+        " ON CONFLICT DO NOTHING RETURNING 1",
         (command_id, raw.decode()),
         prepare=True,
     )
-    return cur.rowcount == 1
+    return await cur.fetchone() is not None
 
 
 async def _stored_reply(conn: Conn, command_id: str) -> Reply | None:

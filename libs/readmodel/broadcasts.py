@@ -38,15 +38,20 @@ def _location(value: Location) -> str:
     return msgspec.json.encode(value).decode()
 
 
+LOCK_BROADCAST = (
+    "SELECT customer_id, state, version, expires_at FROM broadcasts"
+    " WHERE broadcast_id = %s FOR UPDATE"
+)
+
+
 async def lock_broadcast(conn: Conn, broadcast_id: str) -> BroadcastRow | None:
     """Read a broadcast and lock its row until the transaction ends: writers queue here."""
-    cur = await conn.execute(
-        "SELECT customer_id, state, version, expires_at FROM broadcasts"
-        " WHERE broadcast_id = %s FOR UPDATE",
-        (broadcast_id,),
-        prepare=True,
-    )
-    row = await cur.fetchone()
+    cur = await conn.execute(LOCK_BROADCAST, (broadcast_id,), prepare=True)
+    return broadcast_row(broadcast_id, await cur.fetchone())
+
+
+def broadcast_row(broadcast_id: str, row: Sequence[Any] | None) -> BroadcastRow | None:
+    """The row `LOCK_BROADCAST` read, if there was one."""
     return BroadcastRow(broadcast_id, *row) if row else None
 
 

@@ -18,17 +18,20 @@ from libs.events.catalogue import AcceptedSlot, BroadcastFilled, DomainEvent, Sl
 from libs.events.commands import AcceptResult, AcceptSlots, AssignmentRef, Rejected
 from libs.events.store import append
 from libs.readmodel.broadcasts import (
+    LOCK_BROADCAST,
     BroadcastRow,
     accept_truck_requests,
+    broadcast_row,
     change_state,
-    lock_broadcast,
     set_version,
 )
 from libs.runtime.clock import Clock
 
 Conn = psycopg.AsyncConnection[Any]
 
-# Runs after the broadcast's row is locked, so it sees every claim committed before ours.
+# Runs after the broadcast's row is locked, so it sees every claim committed before ours: sent in
+# one round trip with the lock, but the server starts it (and takes its snapshot) only once the
+# lock is held.
 _RECIPIENT_AND_OPEN_SLOTS = """
 SELECT EXISTS (SELECT 1 FROM broadcast_recipients
                WHERE broadcast_id = %(b)s AND transporter_id = %(t)s),
@@ -37,17 +40,20 @@ SELECT EXISTS (SELECT 1 FROM broadcast_recipients
 """
 
 
-async def _recipient_and_open_slots(
+async def _lock_and_read(
     conn: Conn, broadcast_id: str, transporter_id: str
-) -> tuple[bool, list[tuple[str, str]]]:
-    """Whether the transporter was notified, and every open slot as (truck request id,
-    vehicle type) in slot order, in one round trip."""
-    cur = await conn.execute(
-        _RECIPIENT_AND_OPEN_SLOTS, {"b": broadcast_id, "t": transporter_id}, prepare=True
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    return bool(row[0]), [(pair[0], pair[1]) for pair in row[1]]
+) -> tuple[BroadcastRow | None, bool, list[tuple[str, str]]]:
+    """Lock the broadcast's row; then whether the transporter was notified, and every open slot
+    as (truck request id, vehicle type) in slot order. One round trip."""
+    async with conn.pipeline():
+        locked = await conn.execute(LOCK_BROADCAST, (broadcast_id,), prepare=True)
+        read = await conn.execute(
+            _RECIPIENT_AND_OPEN_SLOTS, {"b": broadcast_id, "t": transporter_id}, prepare=True
+        )
+    row = broadcast_row(broadcast_id, await locked.fetchone())
+    found = await read.fetchone()
+    assert found is not None
+    return row, bool(found[0]), [(pair[0], pair[1]) for pair in found[1]]
 
 
 def refuse_unless_open(row: BroadcastRow | None, clock: Clock) -> BroadcastRow:
@@ -77,10 +83,8 @@ def choose(cmd: AcceptSlots, open_slots: list[tuple[str, str]]) -> list[tuple[st
 
 async def accept_slots(clock: Clock, conn: Conn, cmd: AcceptSlots) -> AcceptResult:
     """Claim the slots `cmd` asks for, all or none, or refuse with the contract's reason."""
-    row = refuse_unless_open(await lock_broadcast(conn, cmd.broadcast_id), clock)
-    notified, open_slots = await _recipient_and_open_slots(
-        conn, row.broadcast_id, cmd.transporter_id
-    )
+    locked, notified, open_slots = await _lock_and_read(conn, cmd.broadcast_id, cmd.transporter_id)
+    row = refuse_unless_open(locked, clock)
     if not notified:
         raise Rejected("not_notified", "This broadcast was not sent to you")
     won = [

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from libs.events.bus import CommandTable
+from libs.events.bus import CommandTable, Pipelined
 from libs.events.commands import AcceptSlots, AssignDriver, Command
 from libs.runtime.clock import Clock
 from services.acceptance.assign import assign_driver
@@ -18,6 +18,11 @@ HANDLERS: dict[type[Command], Callable[..., Awaitable[Any]]] = {
 }
 
 
+# Claims fetch every result they act on, so their transactions run in pipeline mode.
+PIPELINED = frozenset({AcceptSlots})
+
+
 def bind(clock: Clock) -> CommandTable:
     """The handler table with this service's dependencies applied."""
-    return {kind: functools.partial(fn, clock) for kind, fn in HANDLERS.items()}
+    table = {kind: functools.partial(fn, clock) for kind, fn in HANDLERS.items()}
+    return {kind: Pipelined(fn) if kind in PIPELINED else fn for kind, fn in table.items()}

@@ -35,6 +35,13 @@ asyncio.run(main())
 """
 
 
+@pytest.fixture(scope="module")
+def database_url(module_database: str) -> str:
+    """This module's own database: these tests need to be its only relay, and services started
+    by other modules (the gateway tests' system runs all session) relay on the shared one."""
+    return module_database
+
+
 @pytest.fixture
 async def relay_task(database_url: str, redis: Redis, prefix: str) -> AsyncIterator[OutboxRelay]:
     relay = OutboxRelay(database_url, redis, prefix, RelayConfig(poll_interval_s=0.2))
