@@ -198,8 +198,9 @@ class OutboxRelay:
             await _wait_any(stop, self._wake, self._config.poll_interval_s)
 
     async def _publish_batch(self, worker: psycopg.AsyncConnection[Any]) -> int:
-        """Take a batch off the outbox and publish it; the removal commits only if it was sent."""
-        async with worker.transaction():
+        """Take a batch off the outbox and publish it; the removal commits only if it was sent.
+        In pipeline mode, `BEGIN` goes out with the removal: one round trip fewer per batch."""
+        async with worker.pipeline(), worker.transaction():
             cur = await worker.execute(_TAKE_PENDING, (self._config.batch_size,), prepare=True)
             rows = await cur.fetchall()
             while rows and not await publish_if_epoch(self._publish, self._prefix, rows):

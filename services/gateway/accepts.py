@@ -21,16 +21,25 @@ async def _accept(call: Call, command: AcceptSlots) -> Response:
 async def accept_truck_request(call: Call) -> Response:
     truck_request_id = call.path_id("truck_request_id")
     decode(call.body, EmptyBody, empty_ok=True)
-    async with call.connection() as conn:
-        broadcast_id = await reads.broadcast_of_truck_request(conn, truck_request_id)
-    if broadcast_id is None:
-        raise not_found()
     command = AcceptSlots(
         transporter_id=call.principal.sub,
-        broadcast_id=broadcast_id,
+        broadcast_id=await _broadcast_of(call, truck_request_id),
         truck_request_id=truck_request_id,
     )
     return await _accept(call, command)
+
+
+async def _broadcast_of(call: Call, truck_request_id: str) -> str:
+    """The truck request's broadcast, from memory when known; 404 when there is none."""
+    index = call.deps.truck_requests
+    if (known := index.get(truck_request_id)) is not None:
+        return known
+    async with call.connection() as conn:
+        found = await reads.broadcast_of_truck_request(conn, truck_request_id)
+    if found is None:
+        raise not_found()
+    index.remember(truck_request_id, found)
+    return found
 
 
 async def accept_broadcast(call: Call) -> Response:

@@ -22,6 +22,7 @@ from services.gateway.errors import EXCEPTION_HANDLERS
 from services.gateway.http import CommandSender, Deps
 from services.gateway.middleware import RequestContext
 from services.gateway.ratelimit import RateLimiter
+from services.gateway.reads import TruckRequestIndex
 from services.gateway.realtime.endpoint import realtime_for, socket_route
 from services.gateway.realtime.hub import Hub
 from services.gateway.routes import api_routes
@@ -71,6 +72,7 @@ def build_deps(
         keys=keys,
         limiter=RateLimiter(config.rate_limit_per_minute),
         config=config,
+        truck_requests=TruckRequestIndex(),
     )
 
 

@@ -21,6 +21,7 @@ from services.gateway.auth import KeySource, bearer_principal, require_role
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import ApiError, not_found, refused
 from services.gateway.ratelimit import RateLimiter
+from services.gateway.reads import TruckRequestIndex
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -48,6 +49,7 @@ class Deps:
     keys: KeySource
     limiter: RateLimiter
     config: GatewayConfig
+    truck_requests: TruckRequestIndex
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import pytest
 from services.gateway.bodies import CreateBroadcastBody, field_problem
 from services.gateway.broadcasts import search_hash
 from services.gateway.ratelimit import RateLimiter
+from services.gateway.reads import TruckRequestIndex
 
 
 class Clock:
@@ -56,3 +57,13 @@ def test_search_hash_is_stable_and_order_free() -> None:
     b = {"vehicleType": "b", "quantity": 2}
     assert search_hash(_body([a, b])) == search_hash(_body([b, a]))
     assert search_hash(_body([a])) != search_hash(_body([a, b]))
+
+
+def test_truck_request_index_keeps_the_newest_it_found() -> None:
+    """The index answers what it was told, and past its size forgets the oldest first."""
+    index = TruckRequestIndex(size=2)
+    index.remember("r1", "b1")
+    index.remember("r2", "b1")
+    assert (index.get("r1"), index.get("r2"), index.get("r3")) == ("b1", "b1", None)
+    index.remember("r3", "b2")
+    assert (index.get("r1"), index.get("r2"), index.get("r3")) == (None, "b1", "b2")
