@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis as redis_sync
 from redis.asyncio import Redis
 
 from libs.runtime.probes import scratch_database
@@ -88,8 +89,22 @@ def redis_url(_servers: tuple[str, str]) -> str:
     return _servers[1]
 
 
+@pytest.fixture(scope="session")
+def _sweep_run_keys(redis_url: str) -> Iterator[None]:
+    """At the end of the run, delete every key under this run's prefixes: service processes
+    write under prefixes that no `redis` fixture cleans up after its test."""
+    yield
+    client = redis_sync.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"test-{RUN}-*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+    finally:
+        client.close()
+
+
 @pytest.fixture
-def prefix() -> str:
+def prefix(_sweep_run_keys: None) -> str:
     """A Redis key prefix no other test or run uses."""
     return f"test-{RUN}-{next(_prefixes)}:"
 
@@ -126,7 +141,7 @@ def service_env(database_url: str, redis_url: str, prefix: str, tmp_path: Path) 
 
 
 @pytest.fixture(scope="module")
-def module_prefix() -> str:
+def module_prefix(_sweep_run_keys: None) -> str:
     """A Redis key prefix shared by one test module's service processes."""
     return f"test-{RUN}-m{next(_prefixes)}:"
 

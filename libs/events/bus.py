@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from libs.events.batching import Batcher
 from libs.events.commands import (
     ROUTES,
     AnyCommand,
@@ -78,6 +79,7 @@ class CommandClient:
 
     def __init__(self, redis: Redis, prefix: str, instance: str, timeout_s: float = 5.0) -> None:
         self._redis, self._prefix, self._timeout = redis, prefix, timeout_s
+        self._batcher = Batcher(redis)  # the commands of one loop turn go in one pipeline
         self._channel = reply_channel(prefix, instance)
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
         self._pubsub: PubSub | None = None
@@ -115,7 +117,7 @@ class CommandClient:
         self._waiting[envelope.command_id] = future
         try:
             stream = commands_stream(self._prefix, ROUTES[type(command)])
-            await self._redis.xadd(stream, {b"command": encode(envelope)})
+            await self._batcher.execute("XADD", stream, "*", b"command", encode(envelope))
             # Wait past the deadline: a command started before it may still be committing.
             return await asyncio.wait_for(future, self._timeout + 1.0)
         except TimeoutError as e:
@@ -163,7 +165,9 @@ def command_key(delivery: Delivery) -> str:
 
 
 def command_handler(table: CommandTable, pool: AsyncConnectionPool[Any], redis: Redis) -> Handler:
-    """A runner handler executing each command with its table entry and publishing the reply."""
+    """A runner handler executing each command with its table entry and publishing the reply
+    (the replies of one loop turn in one pipeline)."""
+    replies = Batcher(redis)
 
     async def handle(delivery: Delivery) -> None:
         envelope = decode_command(delivery)
@@ -176,7 +180,7 @@ def command_handler(table: CommandTable, pool: AsyncConnectionPool[Any], redis: 
         with structlog.contextvars.bound_contextvars(correlation_id=envelope.correlation_id):
             reply = await execute(pool, envelope, fn, redelivered=delivery.deliveries > 1)
         if envelope.reply_to:
-            await redis.publish(envelope.reply_to, encode(reply))
+            await replies.execute("PUBLISH", envelope.reply_to, encode(reply))
 
     return handle
 

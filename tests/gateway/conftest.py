@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import psycopg
 import pytest
+import redis as redis_sync
 
 from libs.runtime.tokens import Role, issue
 
@@ -161,6 +162,11 @@ def system(
     yield gateway
     for proc in gateway.procs:
         stop(proc)
+    client = redis_sync.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{env['REDIS_KEY_PREFIX']}*", count=1000))
+    for start_at in range(0, len(keys), 1000):
+        client.delete(*keys[start_at : start_at + 1000])
+    client.close()
 
 
 @pytest.fixture(scope="session")
