@@ -49,6 +49,7 @@ log = structlog.get_logger(__name__)
 Conn = psycopg.AsyncConnection[Any]
 CommandFn = Callable[[Conn, Any], Awaitable[msgspec.Struct]]
 CommandTable = Mapping[type[Command], CommandFn]
+ManyFn = Callable[[Conn, list[Any]], Awaitable[list[Any]]]
 
 
 class Pipelined:
@@ -62,6 +63,18 @@ class Pipelined:
 
     async def __call__(self, conn: Conn, command: Any) -> msgspec.Struct:
         return await self.fn(conn, command)
+
+
+class Batched(Pipelined):
+    """A pipelined handler that can also run several commands of one ordering key, read in one
+    batch, in one transaction: `many(conn, commands)` answers each command's result, or its
+    `Rejected`, exactly as running them one after another would. Under load a batch holds many
+    claims of one broadcast; deciding them together takes one lock, one commit and one flush of
+    the WAL instead of one each."""
+
+    def __init__(self, fn: CommandFn, many: ManyFn) -> None:
+        super().__init__(fn)
+        self.many = many
 
 
 UNAVAILABLE = Failure(
@@ -166,23 +179,59 @@ def command_key(delivery: Delivery) -> str:
 
 def command_handler(table: CommandTable, pool: AsyncConnectionPool[Any], redis: Redis) -> Handler:
     """A runner handler executing each command with its table entry and publishing the reply
-    (the replies of one loop turn in one pipeline)."""
+    (the replies of one loop turn in one pipeline). A `Batched` entry also runs the commands
+    after it in the batch that it can take along (same key and type, first delivery)."""
     replies = Batcher(redis)
+    together: set[str] = set()  # commands already run along with an earlier one of their batch
 
     async def handle(delivery: Delivery) -> None:
         envelope = decode_command(delivery)
+        if envelope.command_id in together:
+            together.discard(envelope.command_id)
+            return
         if time.time() > envelope.deadline:
             log.warning("command_expired_unexecuted", command_id=envelope.command_id)
             return
         fn = table.get(type(envelope.command))
         if fn is None:
             raise PoisonMessage(f"no handler for {type(envelope.command).__name__}")
+        group = _taken_along(envelope, delivery, fn)
         with structlog.contextvars.bound_contextvars(correlation_id=envelope.correlation_id):
-            reply = await execute(pool, envelope, fn, redelivered=delivery.deliveries > 1)
-        if envelope.reply_to:
-            await replies.execute("PUBLISH", envelope.reply_to, encode(reply))
+            if isinstance(fn, Batched) and len(group) > 1:
+                answers = await execute_many(pool, group, fn)
+                together.update(e.command_id for e in group[1:])
+            else:
+                answers = [await execute(pool, envelope, fn, redelivered=delivery.deliveries > 1)]
+        await asyncio.gather(
+            *(
+                replies.execute("PUBLISH", e.reply_to, encode(reply))
+                for e, reply in zip(group, answers, strict=True)
+                if e.reply_to
+            )
+        )
 
     return handle
+
+
+def _taken_along(
+    first: CommandEnvelope, delivery: Delivery, fn: CommandFn
+) -> list[CommandEnvelope]:
+    """`first`, then the commands right after it in the batch a `Batched` handler runs with it:
+    of the same type, delivered for the first time, not past their deadline."""
+    group = [first]
+    if not isinstance(fn, Batched) or delivery.deliveries > 1:
+        return group
+    now = time.time()
+    for later in delivery.later:
+        try:
+            envelope = decode_command(later)
+        except PoisonMessage:
+            break
+        kind_differs = type(envelope.command) is not type(first.command)
+        if kind_differs or later.deliveries > 1 or now > envelope.deadline:
+            break
+        group.append(envelope)
+    return group
 
 
 async def execute(
@@ -208,6 +257,42 @@ class _AlreadyExecuted(Exception):
         self.reply = reply
 
 
+async def execute_many(
+    pool: AsyncConnectionPool[Any], envelopes: list[CommandEnvelope], fn: Batched
+) -> list[Reply]:
+    """Run commands read together in one transaction, retrying write conflicts; if that cannot
+    be done (one of them already ran, or the database failed), run each on its own."""
+    for _ in range(CONFLICT_RETRIES):
+        try:
+            return await _attempt_many(pool, envelopes, fn)
+        except (ConcurrencyConflict, errors.SerializationFailure, errors.DeadlockDetected):
+            continue
+        except (_Duplicate, psycopg.Error) as e:
+            log.warning("batch_run_one_by_one", commands=len(envelopes), error=repr(e))
+            break
+    return [await execute(pool, e, fn, redelivered=True) for e in envelopes]
+
+
+async def _attempt_many(
+    pool: AsyncConnectionPool[Any], envelopes: list[CommandEnvelope], fn: Batched
+) -> list[Reply]:
+    async with pool.connection() as conn, conn.pipeline(), conn.transaction():
+        outcomes = await fn.many(conn, [e.command for e in envelopes])
+        done = {
+            e.command_id: encode(outcome)
+            for e, outcome in zip(envelopes, outcomes, strict=True)
+            if not isinstance(outcome, Rejected)
+        }
+        if done and not await _record(conn, done):
+            raise _Duplicate
+    return [
+        Reply(command_id=e.command_id, failure=outcome.failure)
+        if isinstance(outcome, Rejected)
+        else Reply(command_id=e.command_id, result=msgspec.Raw(done[e.command_id]))
+        for e, outcome in zip(envelopes, outcomes, strict=True)
+    ]
+
+
 async def _attempt(
     pool: AsyncConnectionPool[Any], envelope: CommandEnvelope, fn: CommandFn, redelivered: bool
 ) -> Reply:
@@ -219,7 +304,7 @@ async def _attempt(
         try:
             async with mode, conn.transaction():
                 raw = encode(await fn(conn, envelope.command))
-                if not await _record(conn, command_id, raw):
+                if not await _record(conn, {command_id: raw}):
                     raise _Duplicate
         except Rejected as e:
             return Reply(command_id=command_id, failure=e.failure)
@@ -235,14 +320,15 @@ class _Duplicate(Exception):
     """The same command committed elsewhere first; roll this attempt back."""
 
 
-async def _record(conn: Conn, command_id: str, raw: bytes) -> bool:
+async def _record(conn: Conn, replies: dict[str, bytes]) -> bool:
+    """Store each command's reply with its effects; False if one was already stored."""
     cur = await conn.execute(
-        "INSERT INTO command_results (command_id, reply) VALUES (%s, %s::jsonb)"
-        " ON CONFLICT DO NOTHING RETURNING 1",
-        (command_id, raw.decode()),
+        "INSERT INTO command_results (command_id, reply)"
+        " SELECT * FROM unnest(%s::text[], %s::jsonb[]) ON CONFLICT DO NOTHING RETURNING 1",
+        (list(replies), [raw.decode() for raw in replies.values()]),
         prepare=True,
     )
-    return await cur.fetchone() is not None
+    return len(await cur.fetchall()) == len(replies)
 
 
 async def _stored_reply(conn: Conn, command_id: str) -> Reply | None:

@@ -6,11 +6,11 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from libs.events.bus import CommandTable, Pipelined
+from libs.events.bus import Batched, CommandFn, CommandTable
 from libs.events.commands import AcceptSlots, AssignDriver, Command
 from libs.runtime.clock import Clock
 from services.acceptance.assign import assign_driver
-from services.acceptance.claim import accept_slots
+from services.acceptance.claim import accept_many, accept_slots
 
 HANDLERS: dict[type[Command], Callable[..., Awaitable[Any]]] = {
     AcceptSlots: accept_slots,
@@ -18,11 +18,16 @@ HANDLERS: dict[type[Command], Callable[..., Awaitable[Any]]] = {
 }
 
 
-# Claims fetch every result they act on, so their transactions run in pipeline mode.
-PIPELINED = frozenset({AcceptSlots})
+# Claims of one broadcast read in one batch are decided in one transaction (pipelined: they
+# fetch every result they act on).
+BATCHED: dict[type[Command], Callable[..., Awaitable[Any]]] = {AcceptSlots: accept_many}
 
 
 def bind(clock: Clock) -> CommandTable:
     """The handler table with this service's dependencies applied."""
-    table = {kind: functools.partial(fn, clock) for kind, fn in HANDLERS.items()}
-    return {kind: Pipelined(fn) if kind in PIPELINED else fn for kind, fn in table.items()}
+    table: dict[type[Command], CommandFn] = {
+        kind: functools.partial(fn, clock) for kind, fn in HANDLERS.items()
+    }
+    for kind, many in BATCHED.items():
+        table[kind] = Batched(table[kind], functools.partial(many, clock))
+    return table
