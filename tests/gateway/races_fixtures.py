@@ -60,7 +60,8 @@ def _deployment_env(base: dict[str, str], tmp: Path, **extra: str) -> dict[str, 
     run = new_id("race")
     return {
         **base,
-        "REDIS_KEY_PREFIX": f"test-{run}:",
+        # Under the module's prefix, so the run's sweep deletes these keys too.
+        "REDIS_KEY_PREFIX": f"{base['REDIS_KEY_PREFIX']}{run}:",
         "WEELO_STATE_DIR": str(tmp / "state"),
         "JWT_SECRET": f"race-access-secret-{run}-" + "a" * 40,
         "JWT_REFRESH_SECRET": f"race-refresh-secret-{run}-" + "r" * 40,
