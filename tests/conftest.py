@@ -17,10 +17,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis as redis_sync
 from redis.asyncio import Redis
 
 from libs.runtime.probes import scratch_database
+from tests.keys import forget_keys
 
 RUN = uuid.uuid4().hex[:8]
 _prefixes = itertools.count()
@@ -94,13 +94,7 @@ def _sweep_run_keys(redis_url: str) -> Iterator[None]:
     """At the end of the run, delete every key under this run's prefixes: service processes
     write under prefixes that no `redis` fixture cleans up after its test."""
     yield
-    client = redis_sync.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"test-{RUN}-*", count=1000))
-        for start in range(0, len(keys), 1000):
-            client.delete(*keys[start : start + 1000])
-    finally:
-        client.close()
+    forget_keys(redis_url, f"test-{RUN}-")
 
 
 @pytest.fixture

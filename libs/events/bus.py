@@ -52,29 +52,23 @@ CommandTable = Mapping[type[Command], CommandFn]
 ManyFn = Callable[[Conn, list[Any]], Awaitable[list[Any]]]
 
 
-class Pipelined:
-    """A command handler whose whole transaction runs in psycopg's pipeline mode: `BEGIN` goes
-    out with its first query and `COMMIT` with nothing else waiting, two round trips fewer.
-    Only for handlers that fetch every result they act on (an error surfaces at a fetch or at
-    the end of a `conn.pipeline()` block, not at `execute`)."""
-
-    def __init__(self, fn: CommandFn) -> None:
-        self.fn = fn
-
-    async def __call__(self, conn: Conn, command: Any) -> msgspec.Struct:
-        return await self.fn(conn, command)
-
-
-class Batched(Pipelined):
-    """A pipelined handler that can also run several commands of one ordering key, read in one
+class Batched:
+    """A command handler that can also run several commands of one ordering key, read in one
     batch, in one transaction: `many(conn, commands)` answers each command's result, or its
     `Rejected`, exactly as running them one after another would. Under load a batch holds many
     claims of one broadcast; deciding them together takes one lock, one commit and one flush of
-    the WAL instead of one each."""
+    the WAL instead of one each.
+
+    Its transactions (of one command or many) run in psycopg's pipeline mode: `BEGIN` goes out
+    with the first query and `COMMIT` with nothing else waiting, two round trips fewer. So its
+    functions must fetch every result they act on (an error surfaces at a fetch or at the end of
+    a `conn.pipeline()` block, not at `execute`)."""
 
     def __init__(self, fn: CommandFn, many: ManyFn) -> None:
-        super().__init__(fn)
-        self.many = many
+        self.fn, self.many = fn, many
+
+    async def __call__(self, conn: Conn, command: Any) -> msgspec.Struct:
+        return await self.fn(conn, command)
 
 
 UNAVAILABLE = Failure(
@@ -300,7 +294,7 @@ async def _attempt(
     async with pool.connection() as conn:
         if redelivered and (stored := await _stored_reply(conn, command_id)):
             return stored
-        mode = conn.pipeline() if isinstance(fn, Pipelined) else contextlib.nullcontext()
+        mode = conn.pipeline() if isinstance(fn, Batched) else contextlib.nullcontext()
         try:
             async with mode, conn.transaction():
                 raw = encode(await fn(conn, envelope.command))

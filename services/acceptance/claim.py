@@ -152,7 +152,7 @@ def _result(broadcast_id: str, claim: Claim) -> AcceptResult:
 
 async def _record(conn: Conn, row: BroadcastRow, claims: list[Claim], *, now: datetime) -> None:
     """Append the claims' events and update the read models, all sent in one round trip."""
-    broadcast_id, state = row.broadcast_id, row.state
+    broadcast_id, state, written = row.broadcast_id, row.state, row.version
     events: list[DomainEvent] = []
     async with conn.pipeline():
         for claim in claims:
@@ -171,10 +171,10 @@ async def _record(conn: Conn, row: BroadcastRow, claims: list[Claim], *, now: da
             after = "partially_filled" if claim.left else "fully_filled"
             if after != state:
                 end_reason = None if claim.left else "fully_filled"
-                version = row.version + len(events)
+                state, written = after, row.version + len(events)
                 await change_state(
-                    conn, broadcast_id, after, at=now, version=version, end_reason=end_reason
+                    conn, broadcast_id, after, at=now, version=written, end_reason=end_reason
                 )
-                state = after
-        await set_version(conn, broadcast_id, row.version + len(events))
+        if written != row.version + len(events):  # the last claims changed no state
+            await set_version(conn, broadcast_id, row.version + len(events))
         await append(conn, f"broadcast-{broadcast_id}", row.version, events)

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import psycopg
 import pytest
-import redis as redis_sync
 
 from libs.runtime.tokens import Role, issue
+from tests.keys import forget_keys
 
 if TYPE_CHECKING:
     from tests.gateway.seed import Seeder
@@ -162,11 +162,7 @@ def system(
     yield gateway
     for proc in gateway.procs:
         stop(proc)
-    client = redis_sync.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{env['REDIS_KEY_PREFIX']}*", count=1000))
-    for start_at in range(0, len(keys), 1000):
-        client.delete(*keys[start_at : start_at + 1000])
-    client.close()
+    forget_keys(redis_url, env["REDIS_KEY_PREFIX"])
 
 
 @pytest.fixture(scope="session")

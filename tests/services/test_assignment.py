@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import psycopg
 import pytest
-from redis import Redis as SyncRedis
 
 from libs.events.bus import CommandClient
 from libs.events.commands import (
@@ -25,6 +24,7 @@ from libs.events.commands import (
     SetAvailability,
 )
 from tests.events.helpers import eventually
+from tests.keys import forget_keys
 from tests.processes import environment, services
 from tests.services.helpers import command_client, fleet, new_broadcast, ok
 
@@ -35,15 +35,6 @@ def running(service_env_module: dict[str, str], redis_url: str) -> Iterator[None
     with services(["broadcast", "acceptance", "acceptance", "presence"], env):
         yield
     forget_keys(redis_url, service_env_module["REDIS_KEY_PREFIX"])
-
-
-def forget_keys(redis_url: str, prefix: str) -> None:
-    """Delete the module's Redis keys, so they do not outlive the run on a shared server."""
-    client = SyncRedis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from datetime import datetime
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from libs.events.bus import CommandClient
@@ -21,6 +20,7 @@ from libs.readmodel.presence import heartbeats_key, record_heartbeat
 from libs.runtime.clock import iso_ms, utc_now
 from services.presence.sweep import SweepConfig, Sweeper
 from tests.events.helpers import eventually
+from tests.keys import forget_keys
 from tests.processes import environment, services
 from tests.services.helpers import command_client, ok
 
@@ -37,15 +37,6 @@ def registry(env: dict[str, str], redis_url: str) -> Iterator[None]:
     with services(["broadcast"], env):
         yield
     forget_keys(redis_url, env["REDIS_KEY_PREFIX"])
-
-
-def forget_keys(redis_url: str, prefix: str) -> None:
-    """Delete the module's Redis keys, so they do not outlive the run on a shared server."""
-    client = SyncRedis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture
