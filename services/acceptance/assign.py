@@ -2,10 +2,12 @@
 
 It locks the broadcast's row first, like claims and cancel, so it queues with a cancel of the
 same broadcast: a cancel committed first makes it `request_cancelled`; a cancel committed after
-it cancels the assignment, which frees the driver. It then locks the driver's row, so two
-assignments of one driver queue and the second sees the first: a driver holds one active
-assignment at a time. The partial unique index `assignments_one_active_per_driver` is the
-backstop, translated to `driver_busy` too.
+it cancels the assignment, which frees the driver and the vehicle. It then locks the driver's
+row and the vehicle's row, so two assignments of one driver, or of one vehicle, queue and the
+second sees the first: a driver, and a vehicle, holds one active assignment at a time. The
+partial unique indexes `assignments_one_active_per_driver` and
+`assignments_one_active_per_vehicle` are the backstop, translated to `driver_busy` and
+`vehicle_busy` too.
 """
 
 from __future__ import annotations
@@ -25,12 +27,26 @@ from libs.runtime.clock import Clock
 
 Conn = psycopg.AsyncConnection[Any]
 ONE_ACTIVE_PER_DRIVER = "assignments_one_active_per_driver"
+ONE_ACTIVE_PER_VEHICLE = "assignments_one_active_per_vehicle"
+
+
+def _driver_busy() -> Rejected:
+    return Rejected("driver_busy", "Driver is busy")
+
+
+def _vehicle_busy() -> Rejected:
+    return Rejected("vehicle_busy", "Vehicle is busy")
+
+
+# The refusal each unique index of active assignments stands for.
+_BUSY_BY_INDEX = {ONE_ACTIVE_PER_DRIVER: _driver_busy, ONE_ACTIVE_PER_VEHICLE: _vehicle_busy}
 
 
 @dataclass(frozen=True)
 class AssignmentRow:
     broadcast_id: str
     transporter_id: str
+    vehicle_type: str
     state: str
     driver_id: str | None
     vehicle_id: str | None
@@ -38,8 +54,8 @@ class AssignmentRow:
 
 async def _assignment(conn: Conn, assignment_id: str) -> AssignmentRow | None:
     cur = await conn.execute(
-        "SELECT broadcast_id, transporter_id, state, driver_id, vehicle_id FROM assignments"
-        " WHERE assignment_id = %s",
+        "SELECT broadcast_id, transporter_id, vehicle_type, state, driver_id, vehicle_id"
+        " FROM assignments WHERE assignment_id = %s",
         (assignment_id,),
         prepare=True,
     )
@@ -67,32 +83,55 @@ async def _one(conn: Conn, sql: str, *params: str) -> tuple[Any, ...] | None:
 
 
 _DRIVER = "SELECT transporter_id, online FROM drivers WHERE driver_id = %s FOR UPDATE"
-_VEHICLE_OWNER = "SELECT transporter_id FROM vehicles WHERE vehicle_id = %s"
-_ANOTHER_ACTIVE = (
+_VEHICLE = "SELECT transporter_id, vehicle_type FROM vehicles WHERE vehicle_id = %s FOR UPDATE"
+_DRIVER_ELSEWHERE = (
     "SELECT 1 FROM assignments WHERE driver_id = %s AND state = 'driver_assigned'"
+    " AND assignment_id <> %s"
+)
+_VEHICLE_ELSEWHERE = (
+    "SELECT 1 FROM assignments WHERE vehicle_id = %s AND state = 'driver_assigned'"
     " AND assignment_id <> %s"
 )
 
 
-async def _refuse_unless_available(conn: Conn, cmd: AssignDriver) -> None:
-    """Refuse someone else's driver or vehicle, an offline driver and a busy one.
-
-    The driver's row stays locked, so another assignment of the same driver waits for this one.
-    """
+async def _lock_driver(conn: Conn, cmd: AssignDriver) -> bool:
+    """Lock the driver's row; someone else's driver is `forbidden`. Whether it is online."""
     driver = await _one(conn, _DRIVER, cmd.driver_id)
     if driver is None or driver[0] != cmd.transporter_id:
         raise Rejected("forbidden", "Driver is not registered with you")
-    vehicle = await _one(conn, _VEHICLE_OWNER, cmd.vehicle_id)
+    return bool(driver[1])
+
+
+async def _lock_vehicle(conn: Conn, cmd: AssignDriver, vehicle_type: str) -> None:
+    """Lock the vehicle's row; someone else's vehicle is `forbidden`, one that is not of
+    `vehicle_type` (the assignment's) is `vehicle_type_mismatch`."""
+    vehicle = await _one(conn, _VEHICLE, cmd.vehicle_id)
     if vehicle is None or vehicle[0] != cmd.transporter_id:
         raise Rejected("forbidden", "Vehicle is not registered with you")
-    if not driver[1]:
+    if vehicle[1] != vehicle_type:
+        raise Rejected("vehicle_type_mismatch", "Vehicle is not of the assignment's type")
+
+
+async def _refuse_unless_available(conn: Conn, cmd: AssignDriver, vehicle_type: str) -> None:
+    """Refuse someone else's driver or vehicle, a vehicle of another type, an offline driver,
+    and a driver or vehicle on another active assignment.
+
+    The driver's row, then the vehicle's, stay locked, so another assignment of the same driver
+    or of the same vehicle waits for this one and then sees it.
+    """
+    online = await _lock_driver(conn, cmd)
+    await _lock_vehicle(conn, cmd, vehicle_type)
+    if not online:
         raise Rejected("driver_offline", "Driver is offline")
-    if await _one(conn, _ANOTHER_ACTIVE, cmd.driver_id, cmd.assignment_id):
-        raise Rejected("driver_busy", "Driver is busy")
+    if await _one(conn, _DRIVER_ELSEWHERE, cmd.driver_id, cmd.assignment_id):
+        raise _driver_busy()
+    if await _one(conn, _VEHICLE_ELSEWHERE, cmd.vehicle_id, cmd.assignment_id):
+        raise _vehicle_busy()
 
 
 async def _put_driver_on(conn: Conn, cmd: AssignDriver) -> None:
-    """Update the assignment; the unique index refusing a second active one is `driver_busy`.
+    """Update the assignment; a unique index refusing a second active assignment of the driver
+    or of the vehicle is `driver_busy` or `vehicle_busy`.
 
     It runs in a savepoint, so the violation leaves the transaction usable to refuse cleanly.
     """
@@ -105,9 +144,10 @@ async def _put_driver_on(conn: Conn, cmd: AssignDriver) -> None:
                 prepare=True,
             )
     except errors.UniqueViolation as e:
-        if e.diag.constraint_name == ONE_ACTIVE_PER_DRIVER:
-            raise Rejected("driver_busy", "Driver is busy") from e
-        raise
+        busy = _BUSY_BY_INDEX.get(e.diag.constraint_name or "")
+        if busy is None:
+            raise
+        raise busy() from e
 
 
 def _already_so(current: AssignmentRow, cmd: AssignDriver) -> bool:
@@ -134,7 +174,7 @@ async def _record(conn: Conn, broadcast: BroadcastRow, cmd: AssignDriver) -> Non
 async def assign_driver(clock: Clock, conn: Conn, cmd: AssignDriver) -> DriverOnAssignment:
     """Put the driver and vehicle on the assignment (a repeat answers the same), or refuse.
 
-    Another driver already on it is replaced, which frees that driver.
+    Another driver or vehicle already on it is replaced, which frees that driver or vehicle.
     """
     broadcast, current = await _locked(conn, cmd)
     result = DriverOnAssignment(
@@ -145,6 +185,6 @@ async def assign_driver(clock: Clock, conn: Conn, cmd: AssignDriver) -> DriverOn
     )
     if _already_so(current, cmd):
         return msgspec.structs.replace(result, replayed=True)
-    await _refuse_unless_available(conn, cmd)
+    await _refuse_unless_available(conn, cmd, current.vehicle_type)
     await _record(conn, broadcast, cmd)
     return result

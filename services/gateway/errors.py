@@ -77,6 +77,8 @@ FAILURE_STATUS: dict[str, int] = {
     "driver_taken": 409,
     "driver_offline": 409,
     "driver_busy": 409,
+    "vehicle_busy": 409,
+    "vehicle_type_mismatch": 409,
     "request_in_flight": 409,
     "invalid_request": 422,
     "idempotency_key_reused": 422,

@@ -20,13 +20,14 @@ from libs.events.commands import (
     CancelBroadcast,
     DriverOnAssignment,
     RegisterDriver,
+    RegisterVehicle,
     Reply,
     SetAvailability,
 )
 from tests.events.helpers import eventually
 from tests.keys import forget_keys
 from tests.processes import environment, services
-from tests.services.helpers import command_client, fleet, new_broadcast, ok
+from tests.services.helpers import PICKUP, command_client, fleet, new_broadcast, ok
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,20 @@ async def driver_of(client: CommandClient, transporter: str, online: bool = True
     if online:
         ok(await client.send(SetAvailability(driver_id=driver, online=True)), Availability)
     return driver
+
+
+async def vehicle_of(client: CommandClient, transporter: str) -> str:
+    """A new open_17ft vehicle of `transporter`, far from the pickup (no search matches it)."""
+    vehicle = f"v-{uuid.uuid4().hex[:8]}"
+    cmd = RegisterVehicle(
+        transporter_id=transporter,
+        vehicle_id=vehicle,
+        vehicle_type="open_17ft",
+        lat=PICKUP.lat + 2.0,
+        lng=PICKUP.lng,
+    )
+    assert (await client.send(cmd)).failure is None
+    return vehicle
 
 
 def assign(won: Won, driver: str, n: int = 0, vehicle: str | None = None) -> AssignDriver:
@@ -159,8 +174,9 @@ async def test_one_driver_sent_to_two_assignments_at_once_gets_exactly_one(
     is driver_busy, and the database holds one active assignment for the driver."""
     won = await win(client, slots=2)
     driver = await driver_of(client, won.transporter)
+    vehicle = await vehicle_of(client, won.transporter)
     replies = await asyncio.gather(
-        client.send(assign(won, driver, 0)), client.send(assign(won, driver, 1))
+        client.send(assign(won, driver, 0)), client.send(assign(won, driver, 1, vehicle))
     )
     assert sorted(r.failure.code if r.failure else "ok" for r in replies) == ["driver_busy", "ok"]
     active = await rows(
@@ -190,6 +206,26 @@ async def test_the_unique_index_backstop_answers_driver_busy(
         await eventually(lambda: _waiting_on_a_lock(database_url), timeout=4)
         await other.commit()
     assert refused(await sent) == "driver_busy"
+    assert (await assignment(database_url, won.assignments[1]))[0] == "accepted"
+
+
+async def test_the_unique_index_backstop_answers_vehicle_busy(
+    client: CommandClient, database_url: str
+) -> None:
+    """A writer that put the vehicle on another assignment but has not committed yet: the
+    assignment waits on the unique index and, once that commits, is refused vehicle_busy."""
+    won = await win(client, slots=2)
+    first, second = [await driver_of(client, won.transporter) for _ in range(2)]
+    async with await psycopg.AsyncConnection.connect(database_url) as other:
+        await other.execute(
+            "UPDATE assignments SET state = 'driver_assigned', driver_id = %s, vehicle_id = %s"
+            " WHERE assignment_id = %s",
+            (first, won.vehicle, won.assignments[0]),
+        )
+        sent = asyncio.create_task(client.send(assign(won, second, 1)))
+        await eventually(lambda: _waiting_on_a_lock(database_url), timeout=4)
+        await other.commit()
+    assert refused(await sent) == "vehicle_busy"
     assert (await assignment(database_url, won.assignments[1]))[0] == "accepted"
 
 
@@ -243,7 +279,8 @@ async def test_reassigning_to_another_driver_frees_the_first(
     ok(await client.send(assign(won, first, 0)), DriverOnAssignment)
     ok(await client.send(assign(won, second, 0)), DriverOnAssignment)
     assert (await assignment(database_url, won.assignments[0]))[1] == second
-    ok(await client.send(assign(won, first, 1)), DriverOnAssignment)
+    vehicle = await vehicle_of(client, won.transporter)
+    ok(await client.send(assign(won, first, 1, vehicle)), DriverOnAssignment)
     assert [e[1] for e in await driver_assigned_events(database_url, won.broadcast)] == [
         first,
         second,
