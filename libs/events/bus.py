@@ -2,11 +2,14 @@
 that runs them in a service.
 
 - `CommandClient.send` XADDs a `CommandEnvelope` to `<prefix>commands:<service>` and waits on
-  this instance's reply channel (`<prefix>replies:<instance>`, pub/sub).
+  this instance's reply channel (`<prefix>replies:<instance>`, pub/sub). When no reply comes in
+  time (or the XADD failed), it settles the command in PostgreSQL before answering: the outcome
+  if the command took effect, else its attempt is abandoned and can never take effect
+  (`CommandTimeout`, a true 503).
 - `command_handler` turns a service's handler table into a `StreamRunner` handler. Each command
-  runs in one PostgreSQL transaction together with the record of its reply; a command past its
-  deadline is dropped unexecuted (its sender has already answered "unavailable"), and a command
-  already executed (a redelivery) gets its stored reply instead of running again.
+  runs in one PostgreSQL transaction together with the record of its reply, after reading the
+  outcome its command id may already have (a redelivery or a keyed retry answers that instead of
+  running again); a command past its deadline is dropped unexecuted.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import msgspec
 import psycopg
 import structlog
 from psycopg import errors
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 
+from libs.events import outcomes
 from libs.events.batching import Batcher
 from libs.events.commands import (
     ROUTES,
@@ -78,14 +83,34 @@ CONFLICT_RETRIES = 8
 
 
 class CommandTimeout(Exception):
-    """No reply arrived before the deadline (the command was not, and will not be, executed)."""
+    """No reply arrived in time, and the command did not and will not take effect."""
+
+
+class CommandUnsettled(Exception):
+    """No reply arrived in time, and PostgreSQL could not be reached to settle the command: its
+    outcome is unknown until a retry with the same command id asks again."""
+
+
+REPLY_GRACE_S = 1.0  # waited past the deadline: a command started before it may be committing
 
 
 class CommandClient:
-    """Sends commands and matches replies to waiting callers, for one gateway instance."""
+    """Sends commands and matches replies to waiting callers, for one gateway instance.
 
-    def __init__(self, redis: Redis, prefix: str, instance: str, timeout_s: float = 5.0) -> None:
+    `abandon` settles a command whose reply did not come (`outcomes.abandoner(pool)`); without it
+    a missing reply is `CommandUnsettled`."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        instance: str,
+        timeout_s: float = 5.0,
+        *,
+        abandon: outcomes.Abandon | None = None,
+    ) -> None:
         self._redis, self._prefix, self._timeout = redis, prefix, timeout_s
+        self._abandon = abandon
         self._batcher = Batcher(redis)  # the commands of one loop turn go in one pipeline
         self._channel = reply_channel(prefix, instance)
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
@@ -112,9 +137,11 @@ class CommandClient:
         command_id: str | None = None,
         correlation_id: str | None = None,
     ) -> Reply:
-        """Send `command` to its service; its reply, or `CommandTimeout`."""
+        """Send `command` to its service; its reply, or `CommandTimeout` when it did not and will
+        not take effect (or `CommandUnsettled` when that could not be made sure of)."""
         envelope = CommandEnvelope(
             command_id=command_id or str(uuid.uuid4()),
+            attempt=uuid.uuid4().hex,
             reply_to=self._channel,
             deadline=time.time() + self._timeout,
             correlation_id=correlation_id,
@@ -125,12 +152,28 @@ class CommandClient:
         try:
             stream = commands_stream(self._prefix, ROUTES[type(command)])
             await self._batcher.execute("XADD", stream, "*", b"command", encode(envelope))
-            # Wait past the deadline: a command started before it may still be committing.
-            return await asyncio.wait_for(future, self._timeout + 1.0)
-        except TimeoutError as e:
-            raise CommandTimeout(envelope.command_id) from e
+            return await asyncio.wait_for(future, self._timeout + REPLY_GRACE_S)
+        except (TimeoutError, RedisError, OSError) as e:  # an XADD that failed may have happened
+            return await self._settle(envelope, e)
         finally:
             self._waiting.pop(envelope.command_id, None)
+
+    async def _settle(self, envelope: CommandEnvelope, cause: Exception) -> Reply:
+        """The outcome of a command whose reply did not come, or `CommandTimeout` once its
+        attempt can no longer take effect."""
+        command_id = envelope.command_id
+        if self._abandon is None:
+            raise CommandUnsettled(command_id) from cause
+        try:
+            recorded = await self._abandon(command_id, envelope.attempt)
+        except (psycopg.Error, PoolTimeout) as e:
+            log.error("command_unsettled", command_id=command_id, error=repr(e), cause=repr(cause))
+            raise CommandUnsettled(command_id) from e
+        if recorded is None:
+            log.warning("command_abandoned", command_id=command_id, cause=repr(cause))
+            raise CommandTimeout(command_id) from cause
+        log.info("command_settled_after_timeout", command_id=command_id)
+        return Reply(command_id=command_id, result=msgspec.Raw(recorded), replayed=True)
 
     async def _read_replies(self) -> None:
         while True:
@@ -195,7 +238,7 @@ def command_handler(table: CommandTable, pool: AsyncConnectionPool[Any], redis: 
                 answers = await execute_many(pool, group, fn)
                 together.update(e.command_id for e in group[1:])
             else:
-                answers = [await execute(pool, envelope, fn, redelivered=delivery.deliveries > 1)]
+                answers = [await execute(pool, envelope, fn)]
         await asyncio.gather(
             *(
                 replies.execute("PUBLISH", e.reply_to, encode(reply))
@@ -211,7 +254,8 @@ def _taken_along(
     first: CommandEnvelope, delivery: Delivery, fn: CommandFn
 ) -> list[CommandEnvelope]:
     """`first`, then the commands right after it in the batch a `Batched` handler runs with it:
-    of the same type, delivered for the first time, not past their deadline."""
+    of the same type, delivered for the first time, not past their deadline, each command id
+    once."""
     group = [first]
     if not isinstance(fn, Batched) or delivery.deliveries > 1:
         return group
@@ -222,23 +266,22 @@ def _taken_along(
         except PoisonMessage:
             break
         kind_differs = type(envelope.command) is not type(first.command)
-        if kind_differs or later.deliveries > 1 or now > envelope.deadline:
+        again = any(e.command_id == envelope.command_id for e in group)
+        if kind_differs or again or later.deliveries > 1 or now > envelope.deadline:
             break
         group.append(envelope)
     return group
 
 
 async def execute(
-    pool: AsyncConnectionPool[Any], envelope: CommandEnvelope, fn: CommandFn, *, redelivered: bool
+    pool: AsyncConnectionPool[Any], envelope: CommandEnvelope, fn: CommandFn
 ) -> Reply:
     """Run `fn` in a transaction that also records the reply; retry write conflicts."""
     for _ in range(CONFLICT_RETRIES):
         try:
-            return await _attempt(pool, envelope, fn, redelivered)
+            return await _attempt(pool, envelope, fn)
         except (ConcurrencyConflict, errors.SerializationFailure, errors.DeadlockDetected):
             continue
-        except _AlreadyExecuted as done:
-            return done.reply
         except psycopg.Error as e:
             log.error("command_failed", command_id=envelope.command_id, error=str(e))
             return Reply(command_id=envelope.command_id, failure=UNAVAILABLE)
@@ -246,90 +289,93 @@ async def execute(
     return Reply(command_id=envelope.command_id, failure=UNAVAILABLE)
 
 
-class _AlreadyExecuted(Exception):
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
-
-
 async def execute_many(
     pool: AsyncConnectionPool[Any], envelopes: list[CommandEnvelope], fn: Batched
 ) -> list[Reply]:
     """Run commands read together in one transaction, retrying write conflicts; if that cannot
-    be done (one of them already ran, or the database failed), run each on its own."""
+    be done (one of them already has an outcome, or the database failed), run each on its own."""
     for _ in range(CONFLICT_RETRIES):
         try:
             return await _attempt_many(pool, envelopes, fn)
         except (ConcurrencyConflict, errors.SerializationFailure, errors.DeadlockDetected):
             continue
-        except (_Duplicate, psycopg.Error) as e:
+        except (_Settled, psycopg.Error) as e:
             log.warning("batch_run_one_by_one", commands=len(envelopes), error=repr(e))
             break
-    return [await execute(pool, e, fn, redelivered=True) for e in envelopes]
+    return [await execute(pool, e, fn) for e in envelopes]
 
 
 async def _attempt_many(
     pool: AsyncConnectionPool[Any], envelopes: list[CommandEnvelope], fn: Batched
 ) -> list[Reply]:
     async with pool.connection() as conn, conn.pipeline(), conn.transaction():
-        outcomes = await fn.many(conn, [e.command for e in envelopes])
+        earlier = await conn.execute(outcomes.STORED, ([e.command_id for e in envelopes],))
+        decided = await fn.many(conn, [e.command for e in envelopes])
+        if await earlier.fetchall():
+            raise _Settled(None)  # some already took effect: each answers on its own
         done = {
-            e.command_id: encode(outcome)
-            for e, outcome in zip(envelopes, outcomes, strict=True)
+            e.command_id: (e.command_id, e.attempt, encode(outcome))
+            for e, outcome in zip(envelopes, decided, strict=True)
             if not isinstance(outcome, Rejected)
         }
-        if done and not await _record(conn, done):
-            raise _Duplicate
+        if done and not await outcomes.record(conn, list(done.values())):
+            raise _Settled(None)
     return [
         Reply(command_id=e.command_id, failure=outcome.failure)
         if isinstance(outcome, Rejected)
-        else Reply(command_id=e.command_id, result=msgspec.Raw(done[e.command_id]))
-        for e, outcome in zip(envelopes, outcomes, strict=True)
+        else Reply(command_id=e.command_id, result=msgspec.Raw(done[e.command_id][2]))
+        for e, outcome in zip(envelopes, decided, strict=True)
     ]
 
 
 async def _attempt(
-    pool: AsyncConnectionPool[Any], envelope: CommandEnvelope, fn: CommandFn, redelivered: bool
+    pool: AsyncConnectionPool[Any], envelope: CommandEnvelope, fn: CommandFn
 ) -> Reply:
-    command_id = envelope.command_id
+    """One try: the command's recorded outcome if it has one, else `fn`'s, recorded with it."""
     async with pool.connection() as conn:
-        if redelivered and (stored := await _stored_reply(conn, command_id)):
-            return stored
         mode = conn.pipeline() if isinstance(fn, Batched) else contextlib.nullcontext()
         try:
             async with mode, conn.transaction():
-                raw = encode(await fn(conn, envelope.command))
-                if not await _record(conn, {command_id: raw}):
-                    raise _Duplicate
-        except Rejected as e:
-            return Reply(command_id=command_id, failure=e.failure)
-        except _Duplicate:
-            stored = await _stored_reply(conn, command_id)
-            raise _AlreadyExecuted(
-                stored or Reply(command_id=command_id, failure=UNAVAILABLE)
-            ) from None
+                return await _decide(conn, envelope, fn)
+        except _Settled as settled:
+            return settled.reply or await _outcome_elsewhere(conn, envelope.command_id)
+
+
+async def _decide(conn: Conn, envelope: CommandEnvelope, fn: CommandFn) -> Reply:
+    """Inside the command's transaction. The earlier outcome is read first (in pipeline mode it
+    travels with the command's own first queries) and wins over this attempt's decision."""
+    command_id = envelope.command_id
+    earlier = await conn.execute(outcomes.STORED, ([command_id],), prepare=True)
+    try:
+        raw = encode(await fn(conn, envelope.command))
+    except Rejected as refusal:
+        await _raise_if_recorded(earlier, command_id)
+        raise _Settled(Reply(command_id=command_id, failure=refusal.failure)) from None
+    await _raise_if_recorded(earlier, command_id)
+    if not await outcomes.record(conn, [(command_id, envelope.attempt, raw)]):
+        raise _Settled(None)
     return Reply(command_id=command_id, result=msgspec.Raw(raw))
 
 
-class _Duplicate(Exception):
-    """The same command committed elsewhere first; roll this attempt back."""
+async def _raise_if_recorded(earlier: psycopg.AsyncCursor[Any], command_id: str) -> None:
+    row = await earlier.fetchone()
+    if row is not None:
+        replayed = Reply(command_id=command_id, result=msgspec.Raw(row[1].encode()), replayed=True)
+        raise _Settled(replayed)
 
 
-async def _record(conn: Conn, replies: dict[str, bytes]) -> bool:
-    """Store each command's reply with its effects; False if one was already stored."""
-    cur = await conn.execute(
-        "INSERT INTO command_results (command_id, reply)"
-        " SELECT * FROM unnest(%s::text[], %s::jsonb[]) ON CONFLICT DO NOTHING RETURNING 1",
-        (list(replies), [raw.decode() for raw in replies.values()]),
-        prepare=True,
-    )
-    return len(await cur.fetchall()) == len(replies)
+class _Settled(Exception):
+    """End the attempt's transaction (rolling it back) with `reply`; None when the outcome was
+    recorded by someone else meanwhile (or this attempt was abandoned): read it afterwards."""
+
+    def __init__(self, reply: Reply | None) -> None:
+        self.reply = reply
 
 
-async def _stored_reply(conn: Conn, command_id: str) -> Reply | None:
-    cur = await conn.execute(
-        "SELECT reply::text FROM command_results WHERE command_id = %s", (command_id,)
-    )
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    return Reply(command_id=command_id, result=msgspec.Raw(row[0].encode()), replayed=True)
+async def _outcome_elsewhere(conn: Conn, command_id: str) -> Reply:
+    """The outcome another attempt recorded; none means this attempt was abandoned (its caller
+    was answered 503), so its reply is that."""
+    recorded = (await outcomes.stored(conn, [command_id])).get(command_id)
+    if recorded is None:
+        return Reply(command_id=command_id, failure=UNAVAILABLE)
+    return Reply(command_id=command_id, result=msgspec.Raw(recorded), replayed=True)

@@ -134,7 +134,11 @@ ROUTES: dict[type[Command], str] = {
 
 
 class CommandEnvelope(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A command on its way: `command_id` is the request's (a keyed retry reuses it), `attempt`
+    this sending of it (see `libs/events/outcomes.py`)."""
+
     command_id: str
+    attempt: str = ""
     reply_to: str | None
     deadline: float
     correlation_id: str | None = None

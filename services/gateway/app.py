@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from libs.events.bus import CommandClient
+from libs.events.outcomes import abandoner
 from libs.runtime.health import health_routes
 from libs.runtime.service import Resources
 from services.gateway.auth import KeySource, SettingsKeys
@@ -45,7 +46,11 @@ def create_app(
     config = config or config_from_environ(os.environ if environ is None else environ)
     prefix = resources.settings.redis_key_prefix
     commands = CommandClient(
-        resources.redis, prefix, resources.instance, timeout_s=config.command_timeout_s
+        resources.redis,
+        prefix,
+        resources.instance,
+        timeout_s=config.command_timeout_s,
+        abandon=abandoner(resources.pool),
     )
     deps = build_deps(resources, commands, keys or SettingsKeys(resources.settings), config)
     realtime = realtime_for(resources)

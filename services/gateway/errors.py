@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from libs.events.bus import CommandTimeout
+from libs.events.bus import CommandTimeout, CommandUnsettled
 from libs.events.commands import Failure
 
 log = structlog.get_logger(__name__)
@@ -145,6 +145,7 @@ EXCEPTION_HANDLERS: dict[Any, ExceptionHandler] = {
     ApiError: _api_error,
     HTTPException: _http_error,
     CommandTimeout: _unavailable,
+    CommandUnsettled: _unavailable,
     redis.exceptions.ConnectionError: _unavailable,
     redis.exceptions.TimeoutError: _unavailable,
     psycopg.OperationalError: _unavailable,
