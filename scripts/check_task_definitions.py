@@ -6,8 +6,10 @@
 For each file: render its placeholders with sample values, validate the result against botocore's
 model of ECS `RegisterTaskDefinition` (the same check the AWS CLI makes before sending), then
 apply our own rules: no secret in `environment` (secrets come only from the `secrets` block, as
-Secrets Manager ARNs), a health check on every long-running service, `stopTimeout` above the
-services' own shutdown timeout, awslogs logging. Prints one line per finding; exit 1 if any.
+Secrets Manager ARNs), a health check on `/livez` on every long-running service (ECS replaces a
+task that fails it: on `/health` a database or Redis failover would fail every task at once),
+`stopTimeout` above the services' own shutdown timeout, awslogs logging. Prints one line per
+finding; exit 1 if any.
 """
 
 from __future__ import annotations
@@ -123,8 +125,8 @@ def _check_container(container: dict[str, Any], service: str) -> list[str]:
         problems.append(f"command must be {expected}")
     if container.get("image") != SAMPLE_VALUES["IMAGE"]:
         problems.append("image must be the ${IMAGE} placeholder")
-    if service != "migrate" and "healthCheck" not in container:
-        problems.append("a long-running service needs a healthCheck")
+    if service != "migrate":
+        problems += _health_check_problems(container)
     minimum = _shutdown_timeout_s() + 10
     stop = container.get("stopTimeout")
     if not isinstance(stop, int) or not minimum <= stop <= MAX_STOP_TIMEOUT_S:
@@ -132,6 +134,18 @@ def _check_container(container: dict[str, Any], service: str) -> list[str]:
     if container.get("logConfiguration", {}).get("logDriver") != "awslogs":
         problems.append("logConfiguration must use the awslogs driver")
     return problems
+
+
+def _health_check_problems(container: dict[str, Any]) -> list[str]:
+    if "healthCheck" not in container:
+        return ["a long-running service needs a healthCheck"]
+    command = " ".join(container["healthCheck"].get("command", []))
+    if "/livez" not in command:
+        return [
+            "the healthCheck must probe /livez: ECS replaces a task that fails it, and /health "
+            "fails on every task at once while PostgreSQL or Redis fails over"
+        ]
+    return []
 
 
 def _environment_problems(container: dict[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from libs.runtime.probes import scratch_database
 from tests.keys import forget_keys
+from tests.processes import DB_POOL_SIZE
 
 RUN = uuid.uuid4().hex[:8]
 _prefixes = itertools.count()
@@ -130,6 +131,7 @@ def service_env(database_url: str, redis_url: str, prefix: str, tmp_path: Path) 
         WEELO_STATE_DIR=str(tmp_path / "state"),
         JWT_SECRET="test-access-secret-of-thirty-two-bytes-" + RUN,
         JWT_REFRESH_SECRET="test-refresh-secret-of-thirty-two-bytes-" + RUN,
+        DB_POOL_SIZE=DB_POOL_SIZE,
     )
     return env
 
@@ -153,5 +155,6 @@ def service_env_module(
         WEELO_STATE_DIR=str(tmp_path_factory.mktemp("state")),
         JWT_SECRET="test-access-secret-of-thirty-two-bytes-" + RUN,
         JWT_REFRESH_SECRET="test-refresh-secret-of-thirty-two-bytes-" + RUN,
+        DB_POOL_SIZE=DB_POOL_SIZE,
     )
     return env

@@ -14,22 +14,38 @@ from pathlib import Path
 from libs.runtime.probes import free_port
 from libs.runtime.probes import healthy as probe
 
-__all__ = ["ROOT", "Service", "environment", "free_port", "healthy", "services", "wait_healthy"]
+__all__ = [
+    "DB_POOL_SIZE",
+    "ROOT",
+    "Service",
+    "environment",
+    "free_port",
+    "healthy",
+    "services",
+    "wait_healthy",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
+# The connection budget of every service process the suite starts: a dozen may run at once (a
+# module's cluster beside the gateway tests' shared system) against a PostgreSQL whose
+# max_connections (100) other runs share.
+DB_POOL_SIZE = "6"
 
 
-def healthy(port: int) -> bool:
-    return probe(f"http://127.0.0.1:{port}/health", timeout=1)
+def healthy(port: int, path: str = "/health") -> bool:
+    return probe(f"http://127.0.0.1:{port}{path}", timeout=1)
 
 
-def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_healthy(
+    port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0, path: str = "/health"
+) -> None:
+    """Wait until `path` (by default /health) answers 200 on `port`."""
     deadline = time.monotonic() + timeout
-    while not healthy(port):
+    while not healthy(port, path):
         if proc.poll() is not None:
             raise RuntimeError(f"service on port {port} exited with {proc.returncode}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"service on port {port} not healthy within {timeout} s")
+            raise TimeoutError(f"service on port {port}: {path} not 200 within {timeout} s")
         time.sleep(0.05)
 
 

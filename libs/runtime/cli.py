@@ -1,4 +1,4 @@
-"""The `weelo` command: up, run, migrate, token (CONTRACT.md section 1)."""
+"""The `weelo` command: up, run, migrate, token, ops (CONTRACT.md section 1)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--refresh", action="store_true", help="sign a refresh token instead")
     docs = commands.add_parser("docs", help="print generated documentation")
     docs.add_argument("page", choices=("events",))
+    _add_ops(commands)
     return parser
+
+
+def _add_ops(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ops = commands.add_parser("ops", help="streams, consumer groups and dead letters")
+    which = ops.add_subparsers(dest="ops", required=True)
+    lag = which.add_parser("lag", help="what waits in each stream, group and the outbox")
+    lag.add_argument("--json", action="store_true", help="JSON for machines")
+    dead = which.add_parser("dead-letters", help="list, show, replay or purge dead letters")
+    dead.add_argument("--json", action="store_true", help="JSON for machines")
+    action = dead.add_mutually_exclusive_group()
+    action.add_argument("--show", metavar="ID", help="one dead letter in full")
+    action.add_argument("--replay", metavar="ID", nargs="+", help="put them back on their stream")
+    action.add_argument("--replay-all", action="store_true", help="replay every dead letter")
+    action.add_argument("--purge", metavar="ID", nargs="+", help="remove them")
 
 
 def _positive(raw: str) -> int:
@@ -62,7 +77,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     except SecretsError as e:
         print(f"weelo: {e}", file=sys.stderr)
         return 3
-    handler = {"up": _up, "run": _run, "migrate": _migrate, "token": _token}[args.command]
+    handler = {"up": _up, "run": _run, "migrate": _migrate, "token": _token, "ops": _ops}[
+        args.command
+    ]
     return handler(args)
 
 
@@ -89,10 +106,11 @@ def _run(args: argparse.Namespace) -> int:
 def _migrate(_args: argparse.Namespace) -> int:
     from libs.runtime.logging import configure_logging, instance_id
     from libs.runtime.migrate import migrate
+    from libs.runtime.postgres import application_name, conninfo
     from libs.runtime.settings import load_settings
 
     configure_logging("migrate", instance_id("migrate"))
-    applied = migrate(load_settings().database_url)
+    applied = migrate(conninfo(load_settings().database_url, application_name("migrate")))
     print(f"migrations applied: {len(applied)}" + (f" ({', '.join(applied)})" if applied else ""))
     return 0
 
@@ -105,6 +123,14 @@ def _token(args: argparse.Namespace) -> int:
     secret = os.environ.get(name) or local_secret(state_dir(os.environ), name.lower())
     print(issue(secret, role=args.role, sub=args.sub, ttl_s=args.ttl))
     return 0
+
+
+def _ops(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from libs.runtime.ops_cli import run_ops
+
+    return asyncio.run(run_ops(args, os.environ))
 
 
 if __name__ == "__main__":

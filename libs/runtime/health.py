@@ -1,4 +1,9 @@
-"""Health checks and the small HTTP app every non-gateway service serves on its own port."""
+"""Health checks and the small HTTP app every non-gateway service serves on its own port.
+
+`/livez` says only that the process's event loop runs: container liveness checks use it, so a
+database or Redis failover never makes the orchestrator kill every task at once. `/health`
+checks PostgreSQL and Redis: load balancers and rollouts use it (CONTRACT.md section 9).
+"""
 
 from __future__ import annotations
 
@@ -45,6 +50,10 @@ async def health_body(pool: AsyncConnectionPool[Any], redis: Redis) -> tuple[int
     }
 
 
+async def livez(_request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
 def health_routes(pool: AsyncConnectionPool[Any], redis: Redis) -> list[Route]:
     async def health(_request: Request) -> Response:
         status, body = await health_body(pool, redis)
@@ -53,7 +62,7 @@ def health_routes(pool: AsyncConnectionPool[Any], redis: Redis) -> list[Route]:
     async def metrics(_request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return [Route("/health", health), Route("/metrics", metrics)]
+    return [Route("/livez", livez), Route("/health", health), Route("/metrics", metrics)]
 
 
 def health_app(pool: AsyncConnectionPool[Any], redis: Redis) -> Starlette:

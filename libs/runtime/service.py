@@ -26,16 +26,19 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.types import ASGIApp
 
 from libs.events.relay import OutboxRelay
-from libs.events.streams import CATEGORIES, events_stream
-from libs.events.trim import trim_forever
+from libs.events.trim import grouped_streams, trim_forever
 from libs.runtime.health import health_app
 from libs.runtime.housekeeping import prune_forever
+from libs.runtime.postgres import POOL_MIN_SIZE, application_name, conninfo, pool_max_size
 from libs.runtime.resp import packing_in_c
 from libs.runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 20.0
+# The outbox relay every service runs (relay.py) opens connections of its own, outside the pool:
+# one that listens for new outbox rows, one that publishes them, one more while it vacuums.
+RELAY_CONNECTIONS = 3
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Resources:
     redis: Redis
     instance: str
     service: str
+    conninfo: str  # for a connection of a role's own: keepalives, this process's name
 
 
 Task = Callable[[Resources, asyncio.Event], Coroutine[Any, Any, None]]
@@ -64,16 +68,25 @@ class ServiceSpec:
     tasks: tuple[Task, ...] = ()
     app: AppFactory = default_app
     port_setting: Callable[[Settings], int | None] = field(default=lambda s: s.health_port)
+    # PostgreSQL connections the service's own tasks open outside the pool (a leader's lock).
+    dedicated_connections: int = 0
+
+    def pool_size(self, settings: Settings) -> int:
+        """The pool's share of `DB_POOL_SIZE`; `SettingsError` when nothing is left for it."""
+        dedicated = RELAY_CONNECTIONS + self.dedicated_connections
+        return pool_max_size(settings.db_pool_size, dedicated, self.name)
 
 
 @contextlib.asynccontextmanager
 async def open_resources(
-    settings: Settings, service: str, instance: str
+    settings: Settings, service: str, instance: str, pool_size: int
 ) -> AsyncIterator[Resources]:
+    """The pool (at most `pool_size` connections) and the Redis client of one service process."""
+    database = conninfo(settings.database_url, application_name(service))
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.database_url,
-        min_size=2,
-        max_size=20,
+        database,
+        min_size=min(POOL_MIN_SIZE, pool_size),
+        max_size=pool_size,
         open=False,
         name=service,
         kwargs={"autocommit": True},
@@ -81,7 +94,7 @@ async def open_resources(
     await pool.open(wait=False)
     redis = Redis(connection_pool=redis_pool(settings.redis_url))
     try:
-        yield Resources(settings, pool, redis, instance, service)
+        yield Resources(settings, pool, redis, instance, service, database)
     finally:
         await redis.aclose()
         await pool.close()
@@ -146,9 +159,10 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 
 async def run_service(spec: ServiceSpec, settings: Settings, instance: str) -> int:
     """Run `spec` until SIGTERM or SIGINT, then stop cleanly; non-zero if a task crashed."""
+    pool_size = spec.pool_size(settings)
     stop = asyncio.Event()
     install_stop_signals(stop)
-    async with open_resources(settings, spec.name, instance) as resources:
+    async with open_resources(settings, spec.name, instance, pool_size) as resources:
         explicit = spec.port_setting(settings)
         sock = bind_socket(
             settings.gateway_host, explicit or spec.default_port, explicit is not None
@@ -160,12 +174,16 @@ async def run_service(spec: ServiceSpec, settings: Settings, instance: str) -> i
                 access_log=False,
                 lifespan="on",
                 timeout_graceful_shutdown=10,
+                # Longer than the load balancer's idle timeout, so that it never reuses a
+                # connection the server is closing under it (a reset, a 502).
+                timeout_keep_alive=settings.http_keepalive_seconds,
                 # Frames are a few hundred bytes; per-socket zlib contexts would double the
                 # memory of an idle connection for little gain.
                 ws_per_message_deflate=False,
             )
         )
-        log.info("service_started", port=sock.getsockname()[1], pid=os.getpid())
+        port = sock.getsockname()[1]
+        log.info("service_started", port=port, pid=os.getpid(), db_pool_size=pool_size)
         coroutines = [t(resources, stop) for t in (*_shared_tasks(), *spec.tasks)]
         tasks = [asyncio.create_task(c) for c in coroutines]
         serving = asyncio.create_task(server.serve(sockets=[sock]))
@@ -213,11 +231,15 @@ async def _housekeeping(resources: Resources, stop: asyncio.Event) -> None:
 
 async def _relay(resources: Resources, stop: asyncio.Event) -> None:
     relay = OutboxRelay(
-        resources.settings.database_url, resources.redis, resources.settings.redis_key_prefix
+        resources.conninfo,
+        resources.redis,
+        resources.settings.redis_key_prefix,
+        pool=resources.pool,
+        holder=resources.instance,
     )
     await relay.run(stop)
 
 
 async def _trimmer(resources: Resources, stop: asyncio.Event) -> None:
     prefix = resources.settings.redis_key_prefix
-    await trim_forever(resources.redis, [events_stream(prefix, c) for c in CATEGORIES], stop)
+    await trim_forever(resources.redis, grouped_streams(prefix), stop)

@@ -33,6 +33,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
     health_port: int | None = None
+    http_keepalive_seconds: int = 130
+    db_pool_size: int = 10
     fcm_server_key: str | None = None
     state_dir: Path = Path(".weelo")
 
@@ -43,6 +45,8 @@ _NUMBERS: dict[str, tuple[str, type[int] | type[float], float]] = {
     "PRESENCE_TTL_SECONDS": ("presence_ttl_seconds", float, 0.1),
     "GATEWAY_PORT": ("gateway_port", int, 0),
     "HEALTH_PORT": ("health_port", int, 0),
+    "HTTP_KEEPALIVE_SECONDS": ("http_keepalive_seconds", int, 1),
+    "DB_POOL_SIZE": ("db_pool_size", int, 1),
 }
 
 

@@ -124,9 +124,10 @@ def _migrate(database_url: str) -> None:
     import psycopg
 
     from libs.runtime.migrate import migrate
+    from libs.runtime.postgres import application_name, conninfo
 
     try:
-        migrate(database_url)
+        migrate(conninfo(database_url, application_name("migrate")))
     except psycopg.OperationalError as e:
         raise SettingsError(f"cannot reach the database to migrate it: {e}") from e
 

@@ -76,7 +76,8 @@ def compose() -> dict[str, Any]:
 
 
 def test_compose_runs_every_service_with_a_health_check(compose: dict[str, Any]) -> None:
-    """compose.yaml has PostgreSQL, Redis, a migration and every service, all health-checked."""
+    """compose.yaml has PostgreSQL, Redis, a migration and every service, all health-checked
+    (the services on /livez)."""
     services = compose["services"]
     for name in ("postgres", "redis", *SERVICES):
         assert "healthcheck" in services[name], name
@@ -86,5 +87,6 @@ def test_compose_runs_every_service_with_a_health_check(compose: dict[str, Any])
         assert service["build"]["target"] == "production"
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert int(service["stop_grace_period"].removesuffix("s")) > SHUTDOWN_TIMEOUT_S
+        assert "/livez'" in " ".join(service["healthcheck"]["test"]), name
     assert services["migrate"]["command"] == ["migrate"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"

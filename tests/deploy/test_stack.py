@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from cfnlint.decode import cfn_yaml
 
 from libs.runtime.cli import SERVICES
+from libs.runtime.settings import load_settings
 from libs.runtime.tokens import REFRESH_TTL_S
 from tests.deploy.conftest import ROOT
 
@@ -65,6 +67,22 @@ def test_every_service_has_an_ecs_service_that_rolls_back(template: dict[str, An
         task_definition = ROOT / "deploy/ecs/task-definitions" / f"{props['ServiceName'][6:]}.json"
         assert task_definition.exists()
         assert props["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
+
+
+def test_load_balancer_checks_readiness_and_idles_less_than_the_gateway(
+    template: dict[str, Any],
+) -> None:
+    """The target group checks /health; the load balancer drops an idle connection before the
+    gateway's keep-alive timeout would, so it never reuses one the gateway is closing."""
+    (group,) = resources_of(template, "AWS::ElasticLoadBalancingV2::TargetGroup").values()
+    assert group["Properties"]["HealthCheckPath"] == "/health"
+    (balancer,) = resources_of(template, "AWS::ElasticLoadBalancingV2::LoadBalancer").values()
+    attributes = {a["Key"]: a["Value"] for a in balancer["Properties"]["LoadBalancerAttributes"]}
+    gateway = json.loads((ROOT / "deploy/ecs/task-definitions/gateway.json").read_text())
+    env = {e["name"]: e["value"] for e in gateway["containerDefinitions"][0]["environment"]}
+    secrets = dict.fromkeys(("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "JWT_REFRESH_SECRET"), "x")
+    keepalive = load_settings({**env, **secrets}).http_keepalive_seconds
+    assert int(attributes["idle_timeout.timeout_seconds"]) < keepalive
 
 
 def test_redis_is_encrypted_and_replicated(template: dict[str, Any]) -> None:

@@ -83,14 +83,14 @@ def test_stop_timeout_exceeds_the_services_own_shutdown(name: str) -> None:
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_health_check_probes_the_port_the_service_listens_on(name: str) -> None:
-    """The container health check calls /health on the service's own port, which is exposed."""
+    """The container health check calls /livez on the service's own port, which is exposed."""
     spec = container(name)
     env = {e["name"]: e["value"] for e in spec["environment"]}
     port = int(env["GATEWAY_PORT"] if name == "gateway" else env["HEALTH_PORT"])
     assert importlib.import_module(f"services.{name}.main").SERVICE.default_port == port
     assert env["GATEWAY_HOST"] == "0.0.0.0"
     command = " ".join(spec["healthCheck"]["command"])
-    assert f"http://127.0.0.1:{port}/health" in command
+    assert f"http://127.0.0.1:{port}/livez" in command
     assert [m["containerPort"] for m in spec["portMappings"]] == [port]
     assert spec["command"] == ["run", name]
 
@@ -106,6 +106,16 @@ def test_checker_flags_a_secret_in_environment(checker: types.ModuleType, tmp_pa
     problems = checker.check_file(path)
     assert any("environment JWT_SECRET looks like a secret" in p for p in problems)
     assert any("environment CACHE holds a URL with a password" in p for p in problems)
+
+
+def test_checker_flags_a_health_check_on_health(checker: types.ModuleType, tmp_path: Path) -> None:
+    """A container health check on /health (which checks PostgreSQL and Redis) is reported."""
+    data = json.loads((TASK_DEFINITIONS / "gateway.json").read_text())
+    check = data["containerDefinitions"][0]["healthCheck"]
+    check["command"] = [part.replace("/livez", "/health") for part in check["command"]]
+    path = tmp_path / "gateway.json"
+    path.write_text(json.dumps(data))
+    assert any("healthCheck must probe /livez" in p for p in checker.check_file(path))
 
 
 def test_checker_flags_what_botocore_would_refuse(checker: types.ModuleType) -> None:

@@ -26,6 +26,7 @@ import pytest
 
 from libs.runtime.tokens import Role, issue
 from tests.keys import forget_keys
+from tests.processes import DB_POOL_SIZE
 
 if TYPE_CHECKING:
     from tests.gateway.seed import Seeder
@@ -157,6 +158,7 @@ def system(
         WEELO_STATE_DIR=str(tmp / "state"),
         JWT_SECRET=f"gateway-access-secret-{run}-" + "a" * 48,
         JWT_REFRESH_SECRET=f"gateway-refresh-secret-{run}-" + "r" * 48,
+        DB_POOL_SIZE=DB_POOL_SIZE,
     )
     gateway = start(env, tmp, ("broadcast", "acceptance"))
     yield gateway

@@ -35,9 +35,11 @@ from services.gateway.realtime.state import BroadcastState, FoldError
 
 GROUP = "projector"
 CATEGORIES = ("broadcast", "driver")
-# A new leader claims what the old one left pending at once (it is the only consumer);
-# a failed event is retried every second until it goes to the dead-letter stream.
+# A new leader claims what the old one left pending at once (it is the only consumer); a failed
+# event is retried after 1 s, 2 s, ... (at most 60 s) and dead-lettered after 10 minutes.
 RUNNER = RunnerConfig(claim_idle_ms=0, reclaim_interval_s=1.0, block_ms=1000)
+# `lead_forever` holds one PostgreSQL connection of its own (the leader's lock), outside the pool.
+PROJECTOR_CONNECTIONS = 1
 
 # Events after which the broadcast's notified transporters get a newer `broadcast_updated` or
 # its `broadcast_removed` (the claim of the last slot: `broadcast_filled` in the same commit).
@@ -196,4 +198,4 @@ async def run_projector(resources: Resources, stop: asyncio.Event) -> None:
         ]
         await asyncio.gather(*(r.run(until) for r in runners))
 
-    await lead_forever(resources.settings.database_url, f"{GROUP}:{prefix}", project, stop)
+    await lead_forever(resources.conninfo, f"{GROUP}:{prefix}", project, stop)
