@@ -18,7 +18,7 @@ Every key below starts with the deployment's `REDIS_KEY_PREFIX` (default `weelo:
 
 | Redis stream | what is on it |
 |---|---|
-{streams}| `<prefix>dead-letter` | entries a consumer group gave up on: `stream`, `group`, `entryId`, `deliveries`, `error`, `consumer`, and the original fields as `field:<name>` |
+{streams}| `<prefix>dead-letter` | entries a consumer group gave up on: `stream`, `group`, `entryId`, `deliveries`, `error`, `consumer`, `firstFailure` (ISO 8601), and the original fields as `field:<name>` |
 
 An event of the event-store stream `<category>-<id>` (for example `broadcast-7c1e…`) is
 published to `<prefix>{{bus}}:events:<category>`. Each entry has one field, `envelope`: the JSON
@@ -32,7 +32,11 @@ XACK weelo:{{bus}}:events:broadcast my-group <entry id>
 ```
 
 Entries stay on a stream until every group has acknowledged them and they are older than one
-minute; a group that stops acknowledging holds entries back rather than losing them.
+minute; a group that stops acknowledging holds entries back rather than losing them. A consumer
+idle for 5 minutes with nothing pending is removed from its group (its next read recreates it).
+An entry with a `replayFor` field was put back from the dead-letter stream (`weelo ops
+dead-letters --replay`) for the group it names: acknowledge it without acting on it in any other
+group.
 
 ## Envelope
 

@@ -9,82 +9,18 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Awaitable
 
 import psycopg
 import pytest
 from redis.asyncio import Redis
 
-from libs.events.catalogue import BusProbe, Envelope
-from libs.events.codec import ENVELOPE_FIELD, encode
 from libs.events.dispatch import envelope_of, stream_key
-from libs.events.runner import Delivery, RunnerConfig, StreamRunner
+from libs.events.runner import Delivery
 from libs.events.trim import trim_stream
 from tests.events.consumer_proc import apply_effect
 from tests.events.helpers import eventually
-
-FAST = RunnerConfig(block_ms=50, claim_idle_ms=200, reclaim_interval_s=0.05, max_deliveries=3)
-
-
-def probe_entry(stream_id: str, version: int, sequence: int = 0) -> dict[bytes, bytes]:
-    envelope = Envelope(
-        event_id=str(uuid.uuid4()),
-        stream_id=stream_id,
-        version=version,
-        position=version,
-        recorded_at=datetime.now(UTC),
-        event=BusProbe(sequence=sequence),
-    )
-    return {ENVELOPE_FIELD: encode(envelope)}
-
-
-class Running:
-    """Runners started as tasks, stopped together at the end of a test."""
-
-    def __init__(self) -> None:
-        self.stop = asyncio.Event()
-        self.tasks: list[asyncio.Task[None]] = []
-
-    def start(self, runner: StreamRunner) -> StreamRunner:
-        self.tasks.append(asyncio.create_task(runner.run(self.stop)))
-        return runner
-
-    async def close(self) -> None:
-        self.stop.set()
-        await asyncio.gather(*(asyncio.wait_for(t, 10) for t in self.tasks))
-
-
-@pytest.fixture
-async def running() -> AsyncIterator[Running]:
-    r = Running()
-    yield r
-    await r.close()
-
-
-def make_runner(
-    redis: Redis,
-    stream: str,
-    handler: Callable[[Delivery], Awaitable[None]],
-    consumer: str = "c1",
-    config: RunnerConfig = FAST,
-    **kw: Any,
-) -> StreamRunner:
-    return StreamRunner(
-        redis,
-        stream=stream,
-        group="g",
-        consumer=consumer,
-        handler=handler,
-        dead_letter=stream + ":dead",
-        config=config,
-        **kw,
-    )
-
-
-async def pending_count(redis: Redis, stream: str) -> int:
-    return int((await redis.xpending(stream, "g"))["pending"])
+from tests.events.runners import Running, make_runner, pending_count, probe_entry
 
 
 async def test_each_entry_is_handled_and_acknowledged_in_order_per_stream(

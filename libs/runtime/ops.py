@@ -1,0 +1,144 @@
+"""`weelo ops lag`: what is waiting where, gathered from a Redis client and a PostgreSQL
+connection the caller opened.
+
+- Every grouped stream of the prefix and each of its consumer groups: entries not read yet
+  (`XINFO GROUPS` `lag`; unknown after entries were deleted out of order), entries read and not
+  acknowledged, the age of the oldest of those, entries being retried after a failure.
+- Committed events not on a stream yet: the rows of the `outbox` table and the oldest one's age.
+- The dead-letter stream's length.
+- Who holds each single-holder role, since when (`role_holders`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import psycopg
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from libs.events.retry import failures_key
+from libs.events.streams import dead_letter_stream
+from libs.events.trim import grouped_streams, parse_id
+from libs.runtime.clock import iso_ms
+
+
+class GroupLag(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    stream: str
+    group: str
+    consumers: int
+    waiting: int | None  # None: Redis cannot tell (entries were deleted in between)
+    pending: int
+    oldest_pending_age_s: float | None
+    retrying: int
+
+
+class RoleHolder(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    role: str
+    holder: str | None = None  # None: nobody holds it
+    since: str | None = None
+    until: str | None = None  # a lease's expiry; None for a lock (held while its session lives)
+    token: int | None = None  # a lease's fencing token
+
+
+class Outbox(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    events: int
+    oldest_age_s: float | None
+
+
+class LagReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    groups: list[GroupLag]
+    outbox: Outbox
+    dead_letters: int
+    roles: list[RoleHolder]
+
+
+async def lag_report(redis: Redis, conn: psycopg.AsyncConnection[Any], prefix: str) -> LagReport:
+    return LagReport(
+        groups=await group_lags(redis, grouped_streams(prefix)),
+        outbox=await outbox_backlog(conn),
+        dead_letters=int(await redis.xlen(dead_letter_stream(prefix))),
+        roles=await role_holders(conn, prefix),
+    )
+
+
+async def group_lags(redis: Redis, streams: tuple[str, ...]) -> list[GroupLag]:
+    seconds, micros = await redis.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    found = []
+    for stream in streams:
+        try:
+            groups: Any = await redis.xinfo_groups(stream)
+        except ResponseError:  # no such stream (yet)
+            continue
+        for group in groups:
+            found.append(await _group_lag(redis, stream, group, now_ms))
+    return found
+
+
+async def _group_lag(redis: Redis, stream: str, group: dict[str, Any], now_ms: int) -> GroupLag:
+    name = _text(group["name"])
+    oldest = None
+    if int(group["pending"]):
+        summary: Any = await redis.xpending(stream, name)
+        if summary["min"] is not None:
+            oldest = max(now_ms - parse_id(summary["min"])[0], 0) / 1000
+    lag = group.get("lag")
+    return GroupLag(
+        stream=stream,
+        group=name,
+        consumers=int(group["consumers"]),
+        waiting=None if lag is None else int(lag),
+        pending=int(group["pending"]),
+        oldest_pending_age_s=oldest,
+        retrying=int(await redis.hlen(failures_key(stream, name))),
+    )
+
+
+_OUTBOX = """
+SELECT count(*), extract(epoch FROM now() - min(e.recorded_at))::float8
+FROM outbox o JOIN events e ON e.position = o.position
+"""
+
+
+async def outbox_backlog(conn: psycopg.AsyncConnection[Any]) -> Outbox:
+    cur = await conn.execute(_OUTBOX)
+    row = await cur.fetchone()
+    assert row is not None
+    return Outbox(events=int(row[0]), oldest_age_s=None if row[1] is None else float(row[1]))
+
+
+# Single holders: the `leases` table (libs/events/lease.py; the relay), and the projector's
+# PostgreSQL advisory lock (services/gateway/realtime/leader.py), whose holder is the session
+# holding it. Lock keys are bigints; pg_locks shows one as its high (`classid`) and low
+# (`objid`) halves.
+_LEASES = """
+SELECT role, holder, acquired_at, expires_at, token FROM leases
+WHERE expires_at > clock_timestamp() ORDER BY role
+"""
+_LOCK_HOLDER = """
+SELECT a.application_name, a.pid, host(a.client_addr), a.backend_start
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext(%s)::bigint
+"""
+
+
+async def role_holders(conn: psycopg.AsyncConnection[Any], prefix: str) -> list[RoleHolder]:
+    """Who holds each single-holder role now, and since when."""
+    cur = await conn.execute(_LEASES)
+    held = [
+        RoleHolder(role=role, holder=holder, since=iso_ms(since), until=iso_ms(until), token=token)
+        for role, holder, since, until, token in await cur.fetchall()
+    ]
+    cur = await conn.execute(_LOCK_HOLDER, (f"projector:{prefix}",))
+    for name, pid, host, since in await cur.fetchall():
+        holder = f"{name or 'pid'} ({pid}{f' at {host}' if host else ''})"
+        held.append(RoleHolder(role="projector", holder=holder, since=iso_ms(since)))
+    return held
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
