@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from libs.events.catalogue import BusProbe
+from libs.events.relay import OutboxRelay, RelayConfig
 from libs.events.store import append
 
 Conn = psycopg.AsyncConnection[Any]
@@ -40,3 +43,16 @@ async def stream_length(redis: Redis, stream: str) -> int:
 
 async def run_until(stop: asyncio.Event, *coroutines: Awaitable[None]) -> list[asyncio.Task[None]]:
     return [asyncio.create_task(c) for c in coroutines]  # type: ignore[arg-type]
+
+
+def relay_of(
+    pool: AsyncConnectionPool[Any],
+    database_url: str,
+    redis: Redis,
+    prefix: str,
+    config: RelayConfig | None = None,
+) -> OutboxRelay:
+    """A relay of its own (its own holder name), its lease taken through `pool`."""
+    return OutboxRelay(
+        database_url, redis, prefix, config, pool=pool, holder=f"relay-{uuid.uuid4().hex[:6]}"
+    )

@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from libs.events.codec import envelope_from_fields
+from libs.events.lease import LeaseConfig
 from libs.events.relay import OutboxRelay, RelayConfig
 from libs.events.streams import events_stream
-from tests.events.helpers import append_probes, eventually
+from tests.events.helpers import append_probes, eventually, relay_of
 
 WRITER = """
 import asyncio, os, signal, sys
@@ -43,8 +45,10 @@ def database_url(module_database: str) -> str:
 
 
 @pytest.fixture
-async def relay_task(database_url: str, redis: Redis, prefix: str) -> AsyncIterator[OutboxRelay]:
-    relay = OutboxRelay(database_url, redis, prefix, RelayConfig(poll_interval_s=0.2))
+async def relay_task(
+    pool: AsyncConnectionPool, database_url: str, redis: Redis, prefix: str
+) -> AsyncIterator[OutboxRelay]:
+    relay = relay_of(pool, database_url, redis, prefix, RelayConfig(poll_interval_s=0.2))
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     yield relay
@@ -64,7 +68,7 @@ async def _drain_outbox(database_url: str) -> None:
 
 
 async def test_event_committed_by_a_writer_killed_before_publishing_is_published(
-    database_url: str, redis: Redis, prefix: str
+    pool: AsyncConnectionPool, database_url: str, redis: Redis, prefix: str
 ) -> None:
     """A writer SIGKILLed right after its commit still gets its event onto the Redis stream."""
     await _drain_outbox(database_url)
@@ -76,7 +80,7 @@ async def test_event_committed_by_a_writer_killed_before_publishing_is_published
     assert done.returncode == -9
     target = events_stream(prefix, "probe")
     assert await redis.xlen(target) == 0
-    relay = OutboxRelay(database_url, redis, prefix, RelayConfig(poll_interval_s=0.2))
+    relay = relay_of(pool, database_url, redis, prefix, RelayConfig(poll_interval_s=0.2))
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     try:
@@ -92,12 +96,17 @@ async def _has(redis: Redis, stream: str, stream_id: str) -> bool:
 
 
 async def test_two_relays_publish_every_event_exactly_once_in_order(
-    database_url: str, redis: Redis, prefix: str, conn: psycopg.AsyncConnection
+    pool: AsyncConnectionPool,
+    database_url: str,
+    redis: Redis,
+    prefix: str,
+    conn: psycopg.AsyncConnection,
 ) -> None:
     """With two relays running, each committed event appears once, in version order."""
     await _drain_outbox(database_url)
     relays = [
-        OutboxRelay(database_url, redis, prefix, RelayConfig(poll_interval_s=0.2)) for _ in range(2)
+        relay_of(pool, database_url, redis, prefix, RelayConfig(poll_interval_s=0.2))
+        for _ in range(2)
     ]
     stop = asyncio.Event()
     tasks = [asyncio.create_task(r.run(stop)) for r in relays]
@@ -137,12 +146,16 @@ async def test_recent_events_are_republished_after_redis_lost_its_data(
 
 
 async def test_a_standby_relay_takes_over_when_the_leader_stops(
-    database_url: str, redis: Redis, prefix: str, conn: psycopg.AsyncConnection
+    pool: AsyncConnectionPool,
+    database_url: str,
+    redis: Redis,
+    prefix: str,
+    conn: psycopg.AsyncConnection,
 ) -> None:
     """When the leading relay stops, the one standing by leads and publishes what follows."""
     await _drain_outbox(database_url)
-    config = RelayConfig(poll_interval_s=0.2, retry_delay_s=0.1)
-    first, second = (OutboxRelay(database_url, redis, prefix, config) for _ in range(2))
+    config = RelayConfig(poll_interval_s=0.2, lease=LeaseConfig(retry_s=0.1))
+    first, second = (relay_of(pool, database_url, redis, prefix, config) for _ in range(2))
     stops = [asyncio.Event(), asyncio.Event()]
     tasks = [asyncio.create_task(first.run(stops[0]))]
     stream_id, target = f"probe-{uuid.uuid4()}", events_stream(prefix, "probe")
@@ -171,13 +184,17 @@ async def _manual_vacuums(database_url: str) -> int:
 
 
 async def test_the_relay_vacuums_the_outbox_once_it_removed_enough_rows(
-    database_url: str, redis: Redis, prefix: str, conn: psycopg.AsyncConnection
+    pool: AsyncConnectionPool,
+    database_url: str,
+    redis: Redis,
+    prefix: str,
+    conn: psycopg.AsyncConnection,
 ) -> None:
     """Rows the relay deleted do not wait for autovacuum (at most once a minute): after removing
     `vacuum_after_rows` rows the relay vacuums the outbox itself, and not before."""
     await _drain_outbox(database_url)
     config = RelayConfig(poll_interval_s=0.2, vacuum_after_rows=25)
-    relay = OutboxRelay(database_url, redis, prefix, config)
+    relay = relay_of(pool, database_url, redis, prefix, config)
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     try:
