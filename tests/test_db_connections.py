@@ -1,7 +1,7 @@
 """`DB_POOL_SIZE` bounds every PostgreSQL connection one service process opens (issue 10).
 
-Besides its pool, every service runs the outbox relay (its lock connection, its publishing
-connection and one while it vacuums) and the gateway a projector leader; with a small budget a
+Besides its pool, every service runs the outbox relay (while it holds the relay's lease: its
+listening connection, its publishing connection and one while it vacuums); with a small budget a
 burst of requests must still not take a process past it. This module has its own database, so
 every other connection to it is one of the process under test.
 """
@@ -25,8 +25,8 @@ from tests.processes import ROOT, Service, environment, wait_healthy
 BURST = 50  # requests in flight at once
 BURST_S = 2.0
 SAMPLE_S = 0.02
-# The least DB_POOL_SIZE each role runs with: relay 3 (+ projector 1 for the gateway) + pool 1.
-SMALLEST = {"gateway": 5, "broadcast": 4}
+# The least DB_POOL_SIZE each role runs with: relay 3 + pool 1.
+SMALLEST = {"gateway": 4, "broadcast": 4}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_a_db_pool_size_too_small_for_the_roles_stops_the_start(
         check=False,
     )
     assert done.returncode == 2
-    assert "DB_POOL_SIZE=4 is too small for gateway" in done.stderr
+    assert "DB_POOL_SIZE=3 is too small for gateway" in done.stderr
 
 
 def test_connections_carry_tcp_keepalives_and_a_user_timeout(database_url: str) -> None:

@@ -10,8 +10,8 @@ cut off, and fenced, so that a holder which wakes up after losing it writes noth
   it sent its last successful renewal, by its own monotonic clock, which is never later than
   PostgreSQL's expiry; past that it stops its work, renewed or not.
 - Every write the role makes carries the token and is refused where a larger one was seen
-  (`FENCE_SCRIPT` for Redis, see `fenced`): a frozen holder that wakes up mid-write is refused
-  once its successor has written, or fenced, anything.
+  (`FENCE_CHECK` in each Redis script the role runs, or `fence`): a frozen holder that wakes
+  up mid-write is refused once its successor has written, or fenced, anything.
 """
 
 from __future__ import annotations
@@ -78,6 +78,12 @@ if token > seen then redis.call('SET', KEYS[1], ARGV[1]) end
 FENCE_SCRIPT = FENCE_CHECK + "return 1\n"
 
 
+def projector_role(prefix: str) -> str:
+    """The projector's lease: one per deployment (key prefix), since deployments may share a
+    database. (The relay's is one per database, `relay.RELAY_ROLE`: it drains one outbox.)"""
+    return f"projector:{prefix}"
+
+
 class LeaseLost(Exception):
     """A write was refused: a newer holder of the role exists."""
 
@@ -139,6 +145,18 @@ async def release(conn: Conn, held: Held) -> None:
 async def holders(conn: Conn) -> list[Holder]:
     cur = await conn.execute(_HOLDERS)
     return [Holder(r[0], r[1], int(r[2]), r[3], r[4], bool(r[5])) for r in await cur.fetchall()]
+
+
+def redis_answers(redis: Redis) -> Healthy:
+    """A holder's health check for a role that writes to Redis: it answers a PING."""
+
+    async def check() -> bool:
+        try:
+            return bool(await redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    return check
 
 
 async def fence(redis: Redis, key: str, token: int) -> bool:

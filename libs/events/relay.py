@@ -31,10 +31,9 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from libs.events import outbox
-from libs.events.lease import Held, Lease, LeaseConfig, LeaseLost
+from libs.events.lease import Held, Lease, LeaseConfig, LeaseLost, redis_answers
 from libs.events.publish import Outcome, Publisher, RedisState
 from libs.events.store import OUTBOX_CHANNEL
 
@@ -75,7 +74,7 @@ class OutboxRelay:
         self._config = config or RelayConfig()
         self._publisher = Publisher(redis, prefix)
         self._lease = Lease(
-            pool, RELAY_ROLE, holder, config=self._config.lease, healthy=self._redis_answers
+            pool, RELAY_ROLE, holder, config=self._config.lease, healthy=redis_answers(redis)
         )
         self._wake = asyncio.Event()
         self._epoch, self._count = "", 0  # the Redis epoch published to, and its batch count
@@ -87,12 +86,6 @@ class OutboxRelay:
     async def run(self, stop: asyncio.Event) -> None:
         """Publish whenever this process holds the lease, until `stop` is set."""
         await self._lease.hold_forever(self._lead, stop)
-
-    async def _redis_answers(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
-            return False
 
     async def _lead(self, held: Held) -> None:
         """LISTEN on one connection and publish on another, while the lease lasts. The

@@ -18,6 +18,9 @@ import psycopg
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from libs.events import lease
+from libs.events.lease import projector_role
+from libs.events.relay import RELAY_ROLE
 from libs.events.retry import failures_key
 from libs.events.streams import dead_letter_stream
 from libs.events.trim import grouped_streams, parse_id
@@ -109,35 +112,20 @@ async def outbox_backlog(conn: psycopg.AsyncConnection[Any]) -> Outbox:
     return Outbox(events=int(row[0]), oldest_age_s=None if row[1] is None else float(row[1]))
 
 
-# Single holders: the `leases` table (libs/events/lease.py; the relay), and the projector's
-# PostgreSQL advisory lock (services/gateway/realtime/leader.py), whose holder is the session
-# holding it. Lock keys are bigints; pg_locks shows one as its high (`classid`) and low
-# (`objid`) halves.
-_LEASES = """
-SELECT role, holder, acquired_at, expires_at, token FROM leases
-WHERE expires_at > clock_timestamp() ORDER BY role
-"""
-_LOCK_HOLDER = """
-SELECT a.application_name, a.pid, host(a.client_addr), a.backend_start
-FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-    AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext(%s)::bigint
-"""
-
-
 async def role_holders(conn: psycopg.AsyncConnection[Any], prefix: str) -> list[RoleHolder]:
-    """Who holds each single-holder role now, and since when."""
-    cur = await conn.execute(_LEASES)
-    held = [
-        RoleHolder(role=role, holder=holder, since=iso_ms(since), until=iso_ms(until), token=token)
-        for role, holder, since, until, token in await cur.fetchall()
+    """Who holds each single-holder role of this deployment now (a live lease), since when."""
+    mine = {RELAY_ROLE, projector_role(prefix)}
+    return [
+        RoleHolder(
+            role=h.role.split(":", 1)[0],
+            holder=h.holder,
+            since=iso_ms(h.since),
+            until=iso_ms(h.expires_at),
+            token=h.token,
+        )
+        for h in await lease.holders(conn)
+        if h.live and h.role in mine
     ]
-    cur = await conn.execute(_LOCK_HOLDER, (f"projector:{prefix}",))
-    for name, pid, host, since in await cur.fetchall():
-        holder = f"{name or 'pid'} ({pid}{f' at {host}' if host else ''})"
-        held.append(RoleHolder(role="projector", holder=holder, since=iso_ms(since)))
-    return held
 
 
 def _text(value: bytes | str) -> str:

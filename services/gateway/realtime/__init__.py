@@ -2,7 +2,7 @@
 
 - `fold.py` and `messages.py`: pure. A broadcast's state at an event, and the contract's
   messages for that event with their recipients.
-- `projector.py` (one leader at a time, `leader.py`): reads the event streams as the consumer
+- `projector.py` (one holder of its lease at a time): reads the event streams as the consumer
   group `projector` and delivers each event's messages to the recipients' inboxes.
 - `inbox.py`: per-user Redis streams, delivered to exactly once per event by one Lua script,
   which also publishes each new message on the user's wake channel.

@@ -6,6 +6,8 @@
   of recipients of that part of a domain event, kept `seen_ms`. Event ids, never broadcast ids.
 - `<prefix>wake:<user>`: the pub/sub channel each new message is published on, as
   `<entry id> <frame>`, to the gateways holding that user's sockets.
+- `<prefix>fence:projector`: the newest lease token of the projector that delivered; a delivery
+  with an older one (a projector that froze and woke up after losing its lease) writes nothing.
 
 One Lua script call per event does all three for up to `users_per_call` recipients, so a
 redelivered event is skipped as a whole and a delivered one is in the inbox and published
@@ -30,26 +32,31 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from libs.events.lease import FENCE_CHECK, LeaseLost
 from services.gateway.realtime.frames import Message, encode
 
 StreamId = tuple[int, int]
 
-# KEYS: the delivery's mark, then each recipient's inbox. ARGV: how long the mark is kept (ms),
-# inbox length, idle TTL (s), then for each recipient: wake channel, frame count, frames.
-_DELIVER = """
-if not redis.call('SET', KEYS[1], 1, 'NX', 'PX', ARGV[1]) then return 0 end
-local a = 4
-for k = 2, #KEYS do
+# KEYS: the projector's fence, the delivery's mark, then each recipient's inbox. ARGV: the
+# writer's lease token, how long the mark is kept (ms), inbox length, idle TTL (s), then for each
+# recipient: wake channel, frame count, frames. -1 (and nothing written) for a stale token.
+_DELIVER = (
+    FENCE_CHECK
+    + """
+if not redis.call('SET', KEYS[2], 1, 'NX', 'PX', ARGV[2]) then return 0 end
+local a = 5
+for k = 3, #KEYS do
   local channel, n = ARGV[a], tonumber(ARGV[a + 1])
   for i = a + 2, a + 1 + n do
-    local id = redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[2], '*', 'f', ARGV[i])
+    local id = redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[3], '*', 'f', ARGV[i])
     redis.call('PUBLISH', channel, id .. ' ' .. ARGV[i])
   end
-  redis.call('EXPIRE', KEYS[k], ARGV[3])
+  redis.call('EXPIRE', KEYS[k], ARGV[4])
   a = a + 2 + n
 end
-return #KEYS - 1
+return #KEYS - 2
 """
+)
 _DELIVER_SHA = hashlib.sha1(_DELIVER.encode(), usedforsecurity=False).hexdigest()  # its EVALSHA id
 
 
@@ -89,6 +96,11 @@ class Inbox:
     def channel(self, user: str) -> str:
         return f"{self._prefix}wake:{user}"
 
+    @property
+    def fence(self) -> str:
+        """The fencing key of the projector's lease: the newest token that delivered."""
+        return f"{self._prefix}fence:projector"
+
     def mark(self, event_id: str, part: str, group: int) -> str:
         return f"{self._prefix}delivered:{{{event_id}}}:{part}{group}"
 
@@ -96,9 +108,13 @@ class Inbox:
     def channel_prefix(self) -> str:
         return f"{self._prefix}wake:"
 
-    async def deliver(self, event_id: str, messages: Sequence[Message], part: str = "") -> int:
+    async def deliver(
+        self, event_id: str, messages: Sequence[Message], part: str = "", token: int = 0
+    ) -> int:
         """Append each user's frames of this part of event `event_id` unless they already were;
-        publish them. One round trip for all users; the number of users it delivered to now."""
+        publish them. One round trip for all users; the number of users it delivered to now.
+        `token` is the writer's lease token: `LeaseLost` (and nothing written) when a newer
+        holder has delivered."""
         by_user: dict[str, list[bytes]] = defaultdict(list)
         encoded: dict[int, bytes] = {}  # a frame shared by many users is encoded once
         for m in messages:
@@ -109,17 +125,20 @@ class Inbox:
             return 0
         users, per_call = list(by_user.items()), self._config.users_per_call
         calls = [
-            self._call(self.mark(event_id, part, n), users[start : start + per_call])
+            self._call(self.mark(event_id, part, n), users[start : start + per_call], token)
             for n, start in enumerate(range(0, len(users), per_call))
         ]
-        return sum(int(r) for r in await self._run(calls))
+        delivered = [int(r) for r in await self._run(calls)]
+        if -1 in delivered:
+            raise LeaseLost("projector")
+        return sum(delivered)
 
     def _call(
-        self, mark: str, users: Sequence[tuple[str, list[bytes]]]
+        self, mark: str, users: Sequence[tuple[str, list[bytes]]], token: int
     ) -> tuple[list[str], list[Any]]:
         cfg = self._config
-        keys = [mark]
-        args: list[Any] = [cfg.seen_ms, cfg.maxlen, cfg.idle_ttl_s]
+        keys = [self.fence, mark]
+        args: list[Any] = [token, cfg.seen_ms, cfg.maxlen, cfg.idle_ttl_s]
         for user, frames in users:
             keys.append(self.stream(user))
             args += [self.channel(user), len(frames), *frames]

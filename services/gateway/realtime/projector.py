@@ -1,9 +1,11 @@
 """The projector: each domain event becomes the contract's messages in its recipients' inboxes.
 
 It reads the broadcast and driver event streams as the consumer group `projector`. Every
-gateway process runs it, but one leads at a time (`leader.py`), so the events of one broadcast
-are projected one after another in stream order even across processes; a new leader first runs
-what the old one left unacknowledged. Delivery is at least once and `Inbox.deliver` skips an
+gateway process runs it, but only the holder of the projector's lease projects
+(`libs/events/lease.py`), so the events of one broadcast are projected one after another in
+stream order even across processes; a new holder first runs what the old one left
+unacknowledged, and every inbox write carries its token, so an old holder that wakes up after
+losing the lease writes nothing. Delivery is at least once and `Inbox.deliver` skips an
 event a user already got, so every message reaches its inbox once.
 """
 
@@ -20,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from libs.events.catalogue import DriverAssigned, DriverAvailabilityChanged, Envelope
 from libs.events.codec import ENVELOPE_FIELD
 from libs.events.dispatch import envelope_of, stream_key
+from libs.events.lease import Held, Lease, fence, projector_role, redis_answers
 from libs.events.runner import Delivery, Handler, PoisonMessage, RunnerConfig, StreamRunner
 from libs.events.store import envelope_from_row
 from libs.events.streams import dead_letter_stream, events_stream
@@ -30,7 +33,6 @@ from services.gateway.realtime import messages
 from services.gateway.realtime.fold import apply, fold
 from services.gateway.realtime.frames import Message
 from services.gateway.realtime.inbox import Inbox
-from services.gateway.realtime.leader import lead_forever
 from services.gateway.realtime.state import BroadcastState, FoldError
 
 GROUP = "projector"
@@ -38,8 +40,6 @@ CATEGORIES = ("broadcast", "driver")
 # A new leader claims what the old one left pending at once (it is the only consumer); a failed
 # event is retried after 1 s, 2 s, ... (at most 60 s) and dead-lettered after 10 minutes.
 RUNNER = RunnerConfig(claim_idle_ms=0, reclaim_interval_s=1.0, block_ms=1000)
-# `lead_forever` holds one PostgreSQL connection of its own (the leader's lock), outside the pool.
-PROJECTOR_CONNECTIONS = 1
 
 # Events after which the broadcast's notified transporters get a newer `broadcast_updated` or
 # its `broadcast_removed` (the claim of the last slot: `broadcast_filled` in the same commit).
@@ -58,6 +58,7 @@ class Projector:
         self, pool: AsyncConnectionPool[Any], inbox: Inbox, cache_size: int = 10_000
     ) -> None:
         self._pool, self._inbox = pool, inbox
+        self.token = 0  # the lease token of the current lead, carried by every inbox write
         self._cache: OrderedDict[str, BroadcastState] = OrderedDict()
         self._cache_size = cache_size
 
@@ -92,9 +93,9 @@ class Projector:
         found = messages.for_change(messages.Change(before, after, envelope, trip))
         updates = [m for m in found if m.frame.type == "broadcast_updated"]
         others = [m for m in found if m.frame.type != "broadcast_updated"]
-        await self._inbox.deliver(envelope.event_id, others)
+        await self._inbox.deliver(envelope.event_id, others, token=self.token)
         if updates and not superseded:
-            await self._inbox.deliver(envelope.event_id, updates, part="updates")
+            await self._inbox.deliver(envelope.event_id, updates, part="updates", token=self.token)
 
     async def project_availability(self, envelope: Envelope) -> None:
         event = envelope.event
@@ -103,7 +104,7 @@ class Projector:
         found: list[Message] = []
         if transporter is not None:
             found = messages.for_availability(envelope, transporter)
-        await self._inbox.deliver(envelope.event_id, found)
+        await self._inbox.deliver(envelope.event_id, found, token=self.token)
 
     async def _state_before(self, envelope: Envelope) -> BroadcastState | None:
         """The broadcast after the event before `envelope`: from memory when this process
@@ -177,12 +178,15 @@ def _event_type(delivery: Delivery) -> str | None:
 
 
 async def run_projector(resources: Resources, stop: asyncio.Event) -> None:
-    """The gateway task: project while this process leads, stand by otherwise."""
+    """The gateway task: project while this process holds the lease, stand by otherwise."""
     prefix = resources.settings.redis_key_prefix
-    projector = Projector(resources.pool, Inbox(resources.redis, prefix))
+    inbox = Inbox(resources.redis, prefix)
+    projector = Projector(resources.pool, inbox)
     handler = projector.handler()
 
-    async def project(until: asyncio.Event) -> None:
+    async def project(held: Held) -> None:
+        projector.token = held.token
+        await fence(resources.redis, inbox.fence, held.token)  # before the first delivery
         runners = [
             StreamRunner(
                 resources.redis,
@@ -196,6 +200,12 @@ async def run_projector(resources: Resources, stop: asyncio.Event) -> None:
             )
             for category in CATEGORIES
         ]
-        await asyncio.gather(*(r.run(until) for r in runners))
+        await asyncio.gather(*(r.run(held.ended) for r in runners))
 
-    await lead_forever(resources.conninfo, f"{GROUP}:{prefix}", project, stop)
+    lease = Lease(
+        resources.pool,
+        projector_role(prefix),
+        resources.instance,
+        healthy=redis_answers(resources.redis),
+    )
+    await lease.hold_forever(project, stop)

@@ -1,0 +1,99 @@
+"""The projector is a fenced lease (contract section 8): when the gateway holding it freezes, the
+other gateway projects within 10 s, and the frozen one, woken up, writes nothing to an inbox
+(real gateways and services, real PostgreSQL and Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from redis.asyncio import Redis
+
+from libs.events.lease import LeaseLost, fence, projector_role
+from services.gateway.realtime.frames import BroadcastRemoved, Frame, Message
+from services.gateway.realtime.inbox import Inbox
+from tests.realtime.actions import DROP, PICKUP, vehicle, vehicle_type
+from tests.realtime.conftest import System, new_id, ok
+from tests.realtime.sockets import Socket
+
+MOVES_WITHIN_S = 10.0
+
+
+async def test_a_delivery_with_an_older_token_writes_nothing(redis: Redis, prefix: str) -> None:
+    """Once a newer projector fenced the inbox, a delivery with the old token raises LeaseLost
+    and writes neither the inbox entry nor the delivery mark; the new token delivers."""
+    inbox = Inbox(redis, prefix)
+    removed = BroadcastRemoved(broadcast_id="b", reason="cancelled")
+    message = Message("t-1", Frame("broadcast_removed", "2026-12-01T00:00:00.000Z", removed))
+    assert await fence(redis, inbox.fence, 2)
+    with pytest.raises(LeaseLost):
+        await inbox.deliver("event-1", [message], token=1)
+    assert await redis.xlen(inbox.stream("t-1")) == 0
+    assert not await redis.exists(inbox.mark("event-1", "", 0))
+    assert await inbox.deliver("event-1", [message], token=2) == 1
+
+
+async def _holder_pid(database_url: str, prefix: str) -> int:
+    """The pid of the gateway holding the projector's lease (its instance name holds it)."""
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        for _ in range(200):
+            cur = await conn.execute(
+                "SELECT holder FROM leases WHERE role = %s AND expires_at > now()",
+                (projector_role(prefix),),
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                return int(str(row[0]).split("-")[-2])
+            await asyncio.sleep(0.05)
+    raise AssertionError("no gateway holds the projector's lease")
+
+
+async def _new_broadcast(
+    api: httpx.AsyncClient, url: str, system: System, kind: str
+) -> dict[str, Any]:
+    body = {"pickup": PICKUP, "drop": DROP, "trucks": [{"vehicleType": kind, "quantity": 1}]}
+    auth = system.auth("customer", new_id("c"))
+    created = ok(await api.post(f"{url}/v1/broadcasts", json=body, headers=auth), 201)
+    assert isinstance(created, dict)
+    return created
+
+
+def _about(socket: Socket, broadcast_id: str) -> list[str]:
+    return [
+        f["type"] for f in socket.frames if f.get("data", {}).get("broadcastId") == broadcast_id
+    ]
+
+
+async def test_a_frozen_projector_is_replaced_within_10_s_and_writes_nothing_once_awake(
+    api: httpx.AsyncClient, system: System, database_url: str
+) -> None:
+    """SIGSTOP the gateway that projects: a search's new_broadcast reaches a transporter on the
+    other gateway within 10 s; after SIGCONT the broadcast's removal arrives once, after it."""
+    transporter, kind = new_id("t"), vehicle_type()
+    await vehicle(api, system, transporter, kind)
+    pid = await _holder_pid(database_url, system.env["REDIS_KEY_PREFIX"])
+    frozen = next(i for i, g in enumerate(system.gateways) if g.proc.pid == pid)
+    other = 1 - frozen
+    url = f"http://127.0.0.1:{system.gateways[other].port}"
+    socket = await system.connect("transporter", transporter, gateway=other)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        frozen_at = time.monotonic()
+        created = await _new_broadcast(api, url, system, kind)
+        bid = created["broadcastId"]
+        await socket.until(lambda _: "new_broadcast" in _about(socket, bid), MOVES_WITHIN_S + 5)
+        assert time.monotonic() - frozen_at <= MOVES_WITHIN_S + 1.0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    cancel = f"{url}/v1/broadcasts/{bid}/cancel"
+    ok(await api.post(cancel, json={}, headers=system.auth("customer", created["customerId"])))
+    await socket.until(lambda _: "broadcast_removed" in _about(socket, bid))
+    await socket.quiet(len(socket.frames), seconds=1.0)  # and nothing again after it
+    assert _about(socket, bid) == ["new_broadcast", "broadcast_removed"]
+    await socket.close()
