@@ -46,6 +46,7 @@ from libs.events.commands import (
     reply_channel,
     reply_decoder,
 )
+from libs.events.metrics import COMMAND_TIMEOUTS
 from libs.events.runner import Delivery, Handler, PoisonMessage
 from libs.events.store import ConcurrencyConflict
 
@@ -163,15 +164,19 @@ class CommandClient:
         attempt can no longer take effect."""
         command_id = envelope.command_id
         if self._abandon is None:
+            COMMAND_TIMEOUTS.labels("unsettled").inc()
             raise CommandUnsettled(command_id) from cause
         try:
             recorded = await self._abandon(command_id, envelope.attempt)
         except (psycopg.Error, PoolTimeout) as e:
+            COMMAND_TIMEOUTS.labels("unsettled").inc()
             log.error("command_unsettled", command_id=command_id, error=repr(e), cause=repr(cause))
             raise CommandUnsettled(command_id) from e
         if recorded is None:
+            COMMAND_TIMEOUTS.labels("abandoned").inc()
             log.warning("command_abandoned", command_id=command_id, cause=repr(cause))
             raise CommandTimeout(command_id) from cause
+        COMMAND_TIMEOUTS.labels("settled").inc()
         log.info("command_settled_after_timeout", command_id=command_id)
         return Reply(command_id=command_id, result=msgspec.Raw(recorded), replayed=True)
 

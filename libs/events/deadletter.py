@@ -19,6 +19,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from libs.events.metrics import DEAD_LETTERS
+
 REPLAY_FIELD = b"replayFor"
 _FIELD = b"field:"
 
@@ -98,6 +100,7 @@ async def send(
         pipe.xack(stream, group, entry_id)
         pipe.hdel(failures_key, entry_id)
         await pipe.execute()
+    DEAD_LETTERS.labels(stream, group).inc()
 
 
 async def read(redis: Redis, dead_letter: str, page: int = 500) -> list[DeadLetter]:

@@ -30,6 +30,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from libs.events.metrics import LEASE_ACQUIRED, LEASE_HELD, LEASE_TOKEN
+
 log = structlog.get_logger(__name__)
 
 Conn = psycopg.AsyncConnection[Any]
@@ -209,6 +211,16 @@ class Lease:
         return held
 
     async def _lead(self, held: Held, work: Work, stop: asyncio.Event) -> None:
+        role = self.role.split(":", 1)[0]
+        LEASE_ACQUIRED.labels(role).inc()
+        LEASE_HELD.labels(role).set(1)
+        LEASE_TOKEN.labels(role).set(held.token)
+        try:
+            await self._work(held, work, stop)
+        finally:
+            LEASE_HELD.labels(role).set(0)
+
+    async def _work(self, held: Held, work: Work, stop: asyncio.Event) -> None:
         working = asyncio.create_task(work(held))
         keeping = asyncio.create_task(self._keep(held, stop))
         try:

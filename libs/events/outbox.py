@@ -46,6 +46,10 @@ FROM events e WHERE e.position = ANY(%s) ORDER BY e.position
 _LOG = "INSERT INTO relay_log (epoch, seq, positions) VALUES (%s, %s, %s)"
 _LOGGED_AFTER = "SELECT seq, positions FROM relay_log WHERE epoch = %s AND seq > %s ORDER BY seq"
 _LAST_LOGGED = "SELECT coalesce(max(seq), 0) FROM relay_log WHERE epoch = %s"
+_BACKLOG = """
+SELECT count(*), extract(epoch FROM now() - min(e.recorded_at))::float8
+FROM outbox o JOIN events e ON e.position = o.position
+"""
 _FORGET = "DELETE FROM relay_log WHERE published_at < now() - make_interval(secs => %s)"
 
 
@@ -82,3 +86,11 @@ async def last_logged(conn: Conn, epoch: str) -> int:
 
 async def forget_before(conn: Conn, age_s: float) -> None:
     await conn.execute(_FORGET, (age_s,))
+
+
+async def backlog(conn: Conn) -> tuple[int, float | None]:
+    """How many committed events wait in the outbox, and the oldest one's age in seconds."""
+    cur = await conn.execute(_BACKLOG)
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0]), None if row[1] is None else float(row[1])

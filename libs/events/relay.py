@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 
 from libs.events import outbox
 from libs.events.lease import Held, Lease, LeaseConfig, LeaseLost, redis_answers
+from libs.events.metrics import OUTBOX_AGE, OUTBOX_ROWS
 from libs.events.publish import Outcome, Publisher, RedisState
 from libs.events.store import OUTBOX_CHANNEL
 
@@ -168,11 +169,15 @@ class OutboxRelay:
         self._count = after
 
     async def _check(self, worker: Conn, held: Held) -> None:
-        """Resynchronise if Redis lost data since the last batch; forget old log rows."""
+        """Resynchronise if Redis lost data since the last batch; forget old log rows; measure
+        the outbox (`/metrics`)."""
         state = await self._publisher.state()
         if state.epoch != self._epoch or state.published < self._count:
             await self._sync(worker, held)
         await outbox.forget_before(worker, self._config.log_retention_s)
+        rows, oldest_age_s = await outbox.backlog(worker)
+        OUTBOX_ROWS.set(rows)
+        OUTBOX_AGE.set(oldest_age_s or 0.0)
 
     async def _sync(self, worker: Conn, held: Held) -> None:
         """Make Redis hold everything published before: a new epoch with the recent events

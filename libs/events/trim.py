@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from libs.events.commands import ROUTES, commands_stream
+from libs.events.metrics import DEAD_LETTER_ENTRIES, STREAM_LAG, STREAM_PENDING
 from libs.events.retry import Failures
 from libs.events.streams import CATEGORIES, events_stream
 
@@ -86,8 +87,17 @@ async def safe_trim_point(redis: Redis, stream: str, retention_ms: int) -> Strea
         return None
     floor = (max(int(time.time() * 1000) - retention_ms, 0), 0)
     for group in groups:
+        _measure(stream, group)
         floor = min(floor, await _group_floor(redis, stream, group))
     return floor
+
+
+def _measure(stream: str, group: dict[str, Any]) -> None:
+    """The group's lag and pending entries as this pass saw them (`/metrics`)."""
+    name = _text(group["name"])
+    STREAM_PENDING.labels(stream, name).set(int(group["pending"]))
+    if group.get("lag") is not None:
+        STREAM_LAG.labels(stream, name).set(int(group["lag"]))
 
 
 async def _group_floor(redis: Redis, stream: str, group: dict[str, object]) -> StreamId:
@@ -147,14 +157,18 @@ async def trim_forever(
     retention_ms: int = RETENTION_MS,
     interval_s: float = INTERVAL_S,
     consumer_idle_ms: int = CONSUMER_IDLE_MS,
+    dead_letter: str | None = None,
 ) -> None:
-    """Tidy `streams` every `interval_s` until `stop` is set."""
+    """Tidy `streams` every `interval_s` until `stop` is set (and measure `dead_letter`)."""
     while not stop.is_set():
         for stream in streams:
             try:
                 await tidy_stream(redis, stream, retention_ms, consumer_idle_ms)
             except RedisError as e:
                 log.warning("trim_failed", stream=stream, error=str(e))
+        if dead_letter is not None:
+            with contextlib.suppress(RedisError):
+                DEAD_LETTER_ENTRIES.set(int(await redis.xlen(dead_letter)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
 

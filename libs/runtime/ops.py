@@ -18,7 +18,7 @@ import psycopg
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from libs.events import lease
+from libs.events import lease, outbox
 from libs.events.lease import projector_role
 from libs.events.relay import RELAY_ROLE
 from libs.events.retry import failures_key
@@ -99,17 +99,9 @@ async def _group_lag(redis: Redis, stream: str, group: dict[str, Any], now_ms: i
     )
 
 
-_OUTBOX = """
-SELECT count(*), extract(epoch FROM now() - min(e.recorded_at))::float8
-FROM outbox o JOIN events e ON e.position = o.position
-"""
-
-
 async def outbox_backlog(conn: psycopg.AsyncConnection[Any]) -> Outbox:
-    cur = await conn.execute(_OUTBOX)
-    row = await cur.fetchone()
-    assert row is not None
-    return Outbox(events=int(row[0]), oldest_age_s=None if row[1] is None else float(row[1]))
+    events, oldest_age_s = await outbox.backlog(conn)
+    return Outbox(events=events, oldest_age_s=oldest_age_s)
 
 
 async def role_holders(conn: psycopg.AsyncConnection[Any], prefix: str) -> list[RoleHolder]:

@@ -26,9 +26,11 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.types import ASGIApp
 
 from libs.events.relay import OutboxRelay
+from libs.events.streams import dead_letter_stream
 from libs.events.trim import grouped_streams, trim_forever
 from libs.runtime.health import health_app
 from libs.runtime.housekeeping import prune_forever
+from libs.runtime.pool_metrics import watch_pool
 from libs.runtime.postgres import POOL_MIN_SIZE, application_name, conninfo, pool_max_size
 from libs.runtime.resp import packing_in_c
 from libs.runtime.settings import Settings
@@ -92,6 +94,7 @@ async def open_resources(
         kwargs={"autocommit": True},
     )
     await pool.open(wait=False)
+    watch_pool(pool)
     redis = Redis(connection_pool=redis_pool(settings.redis_url))
     try:
         yield Resources(settings, pool, redis, instance, service, database)
@@ -242,4 +245,6 @@ async def _relay(resources: Resources, stop: asyncio.Event) -> None:
 
 async def _trimmer(resources: Resources, stop: asyncio.Event) -> None:
     prefix = resources.settings.redis_key_prefix
-    await trim_forever(resources.redis, grouped_streams(prefix), stop)
+    await trim_forever(
+        resources.redis, grouped_streams(prefix), stop, dead_letter=dead_letter_stream(prefix)
+    )
