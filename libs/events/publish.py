@@ -8,6 +8,8 @@ Redis keys (all under the hash tag `{bus}`, so the script also runs on Redis Clu
   batch's number in PostgreSQL (`relay_log`), so a count lower than the log's means Redis lost
   its newest writes (a restart from an older snapshot, a replica promoted before it caught up).
 - `{bus}:fence:relay`: the largest lease token that wrote; an older holder's batch is refused.
+- `{bus}:losses`: a new value each time the relay found Redis had lost data; gateways send
+  `resync_required` to every connected client when it changes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from redis.asyncio import Redis
 
 from libs.events.codec import ENVELOPE_FIELD
 from libs.events.lease import FENCE_CHECK
-from libs.events.streams import bus_epoch_key, stream_for
+from libs.events.streams import bus_epoch_key, bus_losses_key, stream_for
 
 
 class WireEnvelope(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -109,6 +111,10 @@ class Publisher:
         if isinstance(epoch, bytes):
             epoch = epoch.decode()
         return RedisState(epoch or None, int(published or 0))
+
+    async def mark_loss(self, mark: str) -> None:
+        """Tell the gateways that Redis lost data, so that connected clients resync."""
+        await self._redis.set(bus_losses_key(self._prefix), mark)
 
     async def start_epoch(self, token: int, epoch: str) -> bool:
         """Mark Redis as holding epoch `epoch`, with nothing published yet; False if fenced."""

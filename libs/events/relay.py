@@ -199,6 +199,7 @@ class OutboxRelay:
         rows = await outbox.recent(worker, self._config.replay_window_s)
         for start in range(0, len(rows), self._config.batch_size):
             await self._send(worker, held, rows[start : start + self._config.batch_size])
+        await self._publisher.mark_loss(epoch)
         log.info("relay_epoch_started", epoch=epoch, republished=len(rows))
 
     async def _republish(
@@ -213,6 +214,7 @@ class OutboxRelay:
             if outcome is not Outcome.PUBLISHED:
                 raise LeaseLost(RELAY_ROLE) if outcome is Outcome.FENCED else _Diverged
             self._count = seq
+        await self._publisher.mark_loss(uuid.uuid4().hex)
         log.warning(
             "relay_lost_tail_republished",
             redis_held=state.published,

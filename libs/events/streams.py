@@ -33,3 +33,9 @@ def dead_letter_stream(prefix: str) -> str:
 def bus_epoch_key(prefix: str) -> str:
     """Set by the relay; its absence means Redis lost its data since the last publish."""
     return f"{prefix}{{bus}}:epoch"
+
+
+def bus_losses_key(prefix: str) -> str:
+    """Set by the relay to a new value whenever it finds Redis lost data (all of it, or its
+    newest writes); the gateways tell every connected client to resync when it changes."""
+    return f"{prefix}{{bus}}:losses"

@@ -25,11 +25,14 @@ from prometheus_client import Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from libs.events.streams import bus_losses_key
 from services.gateway.realtime.connection import Connection
+from services.gateway.realtime.frames import RESYNC_REQUIRED
 from services.gateway.realtime.heap import tend_heap
 from services.gateway.realtime.heartbeats import SocketHeartbeats
 from services.gateway.realtime.inbox import Inbox
 from services.gateway.realtime.lag import watch_loop_lag
+from services.gateway.realtime.losses import watch_losses
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +59,7 @@ class Hub:
     ) -> None:
         self._redis, self._inbox, self._prefix, self.config = redis, inbox, prefix, config
         self._own = f"{prefix}wake-hub:{instance}"
+        self._losses = bus_losses_key(prefix)
         self._pubsub = redis.pubsub()
         self._ready = asyncio.Event()
         self._subs: dict[str, _Subscription] = {}
@@ -73,6 +77,7 @@ class Hub:
             asyncio.create_task(self.heartbeats.run(stop)),
             asyncio.create_task(watch_loop_lag(stop)),
             asyncio.create_task(tend_heap(stop)),
+            asyncio.create_task(watch_losses(self._redis, self._losses, self.resync_all, stop)),
         ]
         try:
             yield
@@ -100,6 +105,13 @@ class Hub:
         except BaseException:
             self.detach(conn)
             raise
+
+    def resync_all(self) -> int:
+        """Send `resync_required` to every socket here; how many."""
+        connections = [c for sub in self._subs.values() for c in sub.connections]
+        for conn in connections:
+            conn.send_control(RESYNC_REQUIRED)
+        return len(connections)
 
     def detach(self, conn: Connection) -> None:
         sub = self._subs.get(conn.user)

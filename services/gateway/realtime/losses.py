@@ -1,0 +1,46 @@
+"""Clients told when Redis lost data (contract section 8): a connected client either receives
+every message meant for it or `resync_required`.
+
+When Redis loses data (all of it, or only its newest writes), the relay publishes the events
+again and the projector delivers their messages again, but an inbox entry that was lost before a
+socket read it is gone, and one it did read may come again. The relay marks each such loss in
+`{bus}:losses`; every gateway checks the mark every second and, when it changes, sends
+`resync_required` to every socket it holds: the client reloads its state over HTTP. Frames after
+it may repeat what the reload already shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = structlog.get_logger(__name__)
+
+CHECK_S = 1.0
+
+
+async def watch_losses(
+    redis: Redis,
+    key: str,
+    on_loss: Callable[[], int],
+    stop: asyncio.Event,
+    every_s: float = CHECK_S,
+) -> None:
+    """Call `on_loss` whenever the mark at `key` changes from one value to another (a missing
+    mark, as right after a wipe and before the relay noticed it, is no value)."""
+    seen: bytes | str | None = None
+    while not stop.is_set():
+        with contextlib.suppress(RedisError, OSError):
+            mark = await redis.get(key)
+            if mark is not None:
+                if seen is not None and mark != seen:
+                    told = on_loss()
+                    log.warning("redis_lost_data_clients_resync", sockets=told)
+                seen = mark
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
