@@ -388,11 +388,17 @@ async def test_timer_stops_cleanly_under_load(
     await drained(redis, stream, "timer", victim)
 
 
+# Answered requests that show the gateway was busy when it stopped (how many of the 150 sent
+# before SIGTERM a loaded machine's client got out in time varies: 111 to 150 were seen).
+MEANINGFUL_LOAD = 50
+
+
 async def test_gateway_stops_cleanly_under_load(
     spawn: Callable[..., Instance], service_env: dict[str, str], database_url: str
 ) -> None:
     """A gateway SIGTERMed while requests fly finishes the requests it took, answers none with a
-    5xx, exits 0 well within its stopTimeout, and every 200 it gave is in the database."""
+    5xx, exits 0 well within its stopTimeout, and exactly the requests it answered 200 are in
+    the database (none taken and then dropped)."""
     import httpx
 
     from libs.runtime.tokens import issue
@@ -433,9 +439,11 @@ async def test_gateway_stops_cleanly_under_load(
     assert code == 0 and took < STOP_WITHIN_S, (code, took)
     answered = {v: s for v, s in outcomes.items() if isinstance(s, int)}
     assert set(answered.values()) == {200}, outcomes
-    assert len(answered) >= 150, len(answered)
+    assert len(answered) >= MEANINGFUL_LOAD, len(answered)
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         cur = await conn.execute(
-            "SELECT vehicle_id FROM vehicles WHERE vehicle_id = ANY(%s)", (list(answered),)
+            "SELECT vehicle_id FROM vehicles WHERE vehicle_id = ANY(%s)", (list(outcomes),)
         )
-        assert {r[0] for r in await cur.fetchall()} == set(answered)
+        stored = {r[0] for r in await cur.fetchall()}
+    # A request the gateway took is one that took effect: each was answered, and only those.
+    assert stored == set(answered), (stored ^ set(answered), outcomes)
