@@ -30,6 +30,24 @@ class BroadcastRow:
     expires_at: datetime
 
 
+def past_expiry(row: BroadcastRow, now: datetime) -> bool:
+    """Still active at or after its `expiresAt`: over by timeout, though not yet ended so (the
+    timer does that within a second). `PAST_EXPIRY` says the same in SQL."""
+    return row.state in ACTIVE_STATES and now >= row.expires_at
+
+
+def timed_out(row: BroadcastRow, now: datetime) -> bool:
+    """Over by timeout: ended `expired`, or past its expiry. Cancel and claims decide by this one
+    rule (and the timer's expiry by its SQL twin), so in the second between `expiresAt` and the
+    timer's expiry they all agree that the broadcast is over."""
+    return row.state == "expired" or past_expiry(row, now)
+
+
+# `past_expiry` in SQL, for the expiry of many broadcasts in one statement (`%(active)s`:
+# ACTIVE_STATES as a list).
+PAST_EXPIRY = "state = ANY(%(active)s::text[]) AND expires_at <= %(now)s"
+
+
 def history_entry(state: str, at: datetime) -> dict[str, str]:
     return {"state": state, "at": iso_ms(at)}
 
@@ -55,32 +73,45 @@ def broadcast_row(broadcast_id: str, row: Sequence[Any] | None) -> BroadcastRow 
     return BroadcastRow(broadcast_id, *row) if row else None
 
 
-async def lock_broadcasts(conn: Conn, broadcast_ids: Sequence[str]) -> list[BroadcastRow]:
-    """`lock_broadcast` for many, locked in id order so two batches never deadlock."""
+# The CTEs (for a statement of the caller's) that end `expired` (reason timeout) every broadcast
+# of %(ids)s past its expiry at %(now)s, with one more version each: the rows are locked in id
+# order first, so two batches never deadlock, and a broadcast that ended meanwhile is left alone.
+# Their open slots expire. `expired` holds (broadcast_id, version) of each one ended.
+EXPIRE_PAST_EXPIRY = f"""
+locked AS MATERIALIZED (
+    SELECT broadcast_id FROM broadcasts WHERE broadcast_id = ANY(%(ids)b::text[])
+    ORDER BY broadcast_id FOR UPDATE
+), expired AS (
+    UPDATE broadcasts b SET state = 'expired', end_reason = 'timeout',
+        state_changed_at = %(now)s, history = b.history || %(entry)s::jsonb,
+        version = b.version + 1
+    FROM locked WHERE b.broadcast_id = locked.broadcast_id AND {PAST_EXPIRY}
+    RETURNING b.broadcast_id, b.version
+), expired_slots AS (
+    UPDATE truck_requests t SET state = 'expired' FROM expired
+    WHERE t.broadcast_id = expired.broadcast_id AND t.state = 'open'
+)"""  # noqa: S608 (constants only)
+
+
+def expiry_params(broadcast_ids: Sequence[str], now: datetime) -> dict[str, Any]:
+    """The parameters of `EXPIRE_PAST_EXPIRY`."""
+    return {
+        "ids": list(broadcast_ids),
+        "now": now,
+        "active": list(ACTIVE_STATES),
+        "entry": msgspec.json.encode([history_entry("expired", now)]).decode(),
+    }
+
+
+async def active_expiries(conn: Conn, broadcast_ids: Sequence[str]) -> dict[str, datetime]:
+    """`expiresAt` of each broadcast of `broadcast_ids` that is still active."""
     cur = await conn.execute(
-        "SELECT broadcast_id, customer_id, state, version, expires_at FROM broadcasts"
-        " WHERE broadcast_id = ANY(%s) ORDER BY broadcast_id FOR UPDATE",
-        (sorted(broadcast_ids),),
+        "SELECT broadcast_id, expires_at FROM broadcasts"
+        " WHERE broadcast_id = ANY(%b::text[]) AND state = ANY(%b::text[])",
+        (list(broadcast_ids), list(ACTIVE_STATES)),
         prepare=True,
     )
-    return [BroadcastRow(*row) for row in await cur.fetchall()]
-
-
-async def expire_broadcasts(conn: Conn, broadcast_ids: Sequence[str], *, at: datetime) -> None:
-    """End each broadcast `expired` (reason timeout) after one more event; open slots expire."""
-    entry = msgspec.json.encode([history_entry("expired", at)]).decode()
-    await conn.execute(
-        "UPDATE broadcasts SET state = 'expired', end_reason = 'timeout', state_changed_at = %s,"
-        " history = history || %s::jsonb, version = version + 1 WHERE broadcast_id = ANY(%s)",
-        (at, entry, list(broadcast_ids)),
-        prepare=True,
-    )
-    await conn.execute(
-        "UPDATE truck_requests SET state = 'expired'"
-        " WHERE broadcast_id = ANY(%s) AND state = 'open'",
-        (list(broadcast_ids),),
-        prepare=True,
-    )
+    return {row[0]: row[1] for row in await cur.fetchall()}
 
 
 async def insert_broadcast(

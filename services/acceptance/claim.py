@@ -28,6 +28,7 @@ from libs.readmodel.broadcasts import (
     broadcast_row,
     change_state,
     set_version,
+    timed_out,
 )
 from libs.runtime.clock import Clock
 
@@ -76,7 +77,7 @@ def refuse_unless_open(row: BroadcastRow | None, clock: Clock) -> BroadcastRow:
         raise Rejected("not_found", "Broadcast not found")
     if row.state == "cancelled":
         raise Rejected("request_cancelled", "Request cancelled")
-    if row.state == "expired" or clock() >= row.expires_at:
+    if timed_out(row, clock()):
         raise Rejected("request_expired", "Request expired")
     return row
 

@@ -1,7 +1,9 @@
 """Cancelling a broadcast (its customer's request).
 
 It locks the broadcast's row first, so it queues with claims and expiry of the same broadcast:
-whichever commits first wins, and the other decides on what it left.
+whichever commits first wins, and the other decides on what it left. A broadcast still active
+past its `expiresAt` is over by timeout (`timed_out`, the rule claims and expiry use too): the
+cancel is refused `request_expired` and the timer ends it `expired`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from libs.readmodel.broadcasts import (
     change_state,
     close_truck_requests,
     lock_broadcast,
+    timed_out,
 )
 from services.broadcast.deps import BroadcastDeps
 
@@ -42,7 +45,7 @@ async def cancel_broadcast(deps: BroadcastDeps, conn: Conn, cmd: CancelBroadcast
         raise Rejected("not_found", "Broadcast not found")
     if row.state == "cancelled":
         return BroadcastRef(broadcast_id=row.broadcast_id, replayed=True)
-    if row.state == "expired":
+    if timed_out(row, deps.clock()):
         raise Rejected("request_expired", "Request expired")
     cancelled = await live_assignments(conn, row.broadcast_id)
     event = BroadcastCancelled(
