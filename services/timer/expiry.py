@@ -1,8 +1,10 @@
 """Expiry of broadcasts at `expiresAt` (CONTRACT.md sections 4 and 8), many per transaction.
 
-It locks the broadcasts' rows (in id order), so it queues with claims and cancels: an expiry
-that commits first makes later claims `request_expired`; a broadcast filled or cancelled first
-is left alone. Open slots expire; accepted slots keep their assignments.
+One statement decides and writes a whole batch: it locks the broadcasts' rows (in id order), so
+it queues with claims and cancels; it ends `expired` those still active and past their expiry
+(the rule claims and cancel decide by too), expires their open slots (accepted slots keep their
+assignments) and appends their `broadcast_expired` events. An expiry that commits first makes
+later claims and cancels `request_expired`; a broadcast filled or cancelled first is left alone.
 """
 
 from __future__ import annotations
@@ -12,16 +14,35 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from libs.events.catalogue import BroadcastExpired
-from libs.events.store import ConcurrencyConflict, append_many
-from libs.readmodel.broadcasts import ACTIVE_STATES, expire_broadcasts, lock_broadcasts
+from libs.events.codec import encode
+from libs.events.metrics import EXPIRY_LATENESS
+from libs.events.store import ConcurrencyConflict, append_decided, event_type
+from libs.readmodel.broadcasts import EXPIRE_PAST_EXPIRY, active_expiries, expiry_params
 from libs.runtime.clock import Clock
 
 Conn = psycopg.AsyncConnection[Any]
 RETRIES = 5
+
+# Each broadcast `EXPIRE_PAST_EXPIRY` ended gets its event: the catalogue's encoding of one
+# `BroadcastExpired`, with the broadcast's id put in.
+_TEMPLATE = BroadcastExpired(broadcast_id="", end_reason="timeout")
+_ID_FIELD = next(f for f in msgspec.structs.fields(BroadcastExpired) if f.name == "broadcast_id")
+_EVENTS = """,
+appending AS (
+    SELECT 'broadcast-' || broadcast_id AS stream_id, version, %(type)s AS event_type,
+           jsonb_set(%(event)s::jsonb, %(id_path)s, to_jsonb(broadcast_id)) AS data
+    FROM expired
+)"""
+_EVENT_PARAMS = {
+    "type": event_type(_TEMPLATE),
+    "event": encode(_TEMPLATE).decode(),
+    "id_path": [_ID_FIELD.encode_name],
+}
 
 
 @dataclass
@@ -36,30 +57,30 @@ class Outcome:
 
 async def expire_in(conn: Conn, broadcast_ids: Sequence[str], clock: Clock) -> Outcome:
     """Expire every broadcast of `broadcast_ids` that is active and due, in this transaction."""
-    rows = {r.broadcast_id: r for r in await lock_broadcasts(conn, broadcast_ids)}
-    now, outcome = clock(), Outcome()
-    for bid in broadcast_ids:
-        row = rows.get(bid)
-        if row is None or row.state not in ACTIVE_STATES:
-            outcome.ended.append(bid)
-        elif now < row.expires_at:
-            outcome.early[bid] = row.expires_at
-        else:
-            outcome.expired.append(bid)
-    if outcome.expired:
-        await append_many(
-            conn,
-            [
-                (
-                    f"broadcast-{bid}",
-                    rows[bid].version,
-                    [BroadcastExpired(broadcast_id=bid, end_reason="timeout")],
-                )
-                for bid in outcome.expired
-            ],
-        )
-        await expire_broadcasts(conn, outcome.expired, at=now)
+    params = {**expiry_params(broadcast_ids, clock()), **_EVENT_PARAMS}
+    streams = await append_decided(conn, EXPIRE_PAST_EXPIRY + _EVENTS, params)
+    outcome = Outcome(expired=[s.removeprefix("broadcast-") for s in streams])
+    done = set(outcome.expired)
+    rest = [bid for bid in broadcast_ids if bid not in done]
+    if rest:  # rare: a timer whose broadcast ended meanwhile, or one claimed early
+        outcome.early = await active_expiries(conn, rest)
+        outcome.ended = [bid for bid in rest if bid not in outcome.early]
     return outcome
+
+
+_LATENESS = (
+    "SELECT extract(epoch FROM clock_timestamp() - expires_at)::float8 FROM broadcasts"
+    " WHERE broadcast_id = ANY(%s)"
+)
+
+
+async def measure_lateness(pool: AsyncConnectionPool[Any], expired: Sequence[str]) -> None:
+    """How long after its `expiresAt` each of `expired` was ended, read right after the commit
+    by PostgreSQL's clock (`weelo_expiry_lateness_seconds` on /metrics)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(_LATENESS, (list(expired),))
+        for (late_s,) in await cur.fetchall():
+            EXPIRY_LATENESS.observe(max(float(late_s), 0.0))
 
 
 async def expire(

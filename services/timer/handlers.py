@@ -7,10 +7,9 @@ cancelled or expired leaves no Redis key or set member behind.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-
-from psycopg_pool import AsyncConnectionPool
 
 from libs.events.catalogue import (
     BroadcastCancelled,
@@ -26,26 +25,23 @@ from services.timer.store import TimerStore, due_ms
 
 @dataclass(frozen=True)
 class TimerDeps:
-    pool: AsyncConnectionPool[Any]
+    active: Callable[[str], Awaitable[bool]]  # whether a broadcast is still active (active.py)
     store: TimerStore
     wake: Any  # asyncio.Event of the firing loop
 
 
-async def _still_active(deps: TimerDeps, broadcast_id: str) -> bool:
-    async with deps.pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT 1 FROM broadcasts WHERE broadcast_id = %s"
-            " AND state IN ('created', 'broadcasting', 'partially_filled')",
-            (broadcast_id,),
-        )
-        return await cur.fetchone() is not None
-
-
 async def schedule(deps: TimerDeps, envelope: Envelope) -> None:
-    """A new broadcast gets a timer at its `expiresAt`, unless it has already ended."""
+    """A new broadcast gets a timer at its `expiresAt`, unless it has one already (a rebuild
+    scheduled it) or has already ended.
+
+    Redis is asked first: after a restart with a backlog the rebuild has scheduled every active
+    broadcast, so their events cost no query, and one whose timer already fired is not scheduled
+    again (PostgreSQL, asked in batches, says it ended)."""
     event = envelope.event
     assert isinstance(event, BroadcastCreated)
-    if await _still_active(deps, event.broadcast_id):
+    if await deps.store.holds(event.broadcast_id):
+        return
+    if await deps.active(event.broadcast_id):
         await deps.store.schedule([(event.broadcast_id, due_ms(event.expires_at))])
         deps.wake.set()
 

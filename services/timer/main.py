@@ -9,6 +9,7 @@ from libs.events.runner import StreamRunner
 from libs.events.streams import dead_letter_stream, events_stream
 from libs.runtime.clock import utc_now
 from libs.runtime.service import Resources, ServiceSpec
+from services.timer.active import ActiveBroadcasts
 from services.timer.handlers import TimerDeps, bind
 from services.timer.scheduler import Scheduler
 from services.timer.store import TimerStore
@@ -23,7 +24,9 @@ async def timers(resources: Resources, stop: asyncio.Event) -> None:
         stream=events_stream(prefix, "broadcast"),
         group="timer",
         consumer=resources.instance,
-        handler=event_handler(bind(TimerDeps(resources.pool, store, scheduler.wake))),
+        handler=event_handler(
+            bind(TimerDeps(ActiveBroadcasts(resources.pool), store, scheduler.wake))
+        ),
         dead_letter=dead_letter_stream(prefix),
         key=stream_key,
     )

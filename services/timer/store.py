@@ -14,12 +14,15 @@ All three keys share the hash tag `{timers}`, so the scripts run on Redis Cluste
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
+
+from libs.events.batching import Batcher
 
 _CLAIM = """
 if redis.call('EXISTS', KEYS[3]) == 0 then return {0} end
@@ -61,6 +64,7 @@ class TimerStore:
         self._redis = redis
         base = f"{prefix}{{timers}}:"
         self.due, self.inflight, self.epoch = base + "due", base + "inflight", base + "epoch"
+        self._batcher = Batcher(redis)
         self._claim = redis.register_script(_CLAIM)
         self._schedule = redis.register_script(_SCHEDULE)
 
@@ -73,6 +77,15 @@ class TimerStore:
                 args += [due_ms, member]
             added += int(await self._schedule(keys=[self.due, self.inflight], args=args))
         return added
+
+    async def holds(self, member: str) -> bool:
+        """Whether `member` is scheduled or in flight. The questions of one turn of the event
+        loop go to Redis in one pipeline (a backlog of events asks thousands at once)."""
+        scores = await asyncio.gather(
+            self._batcher.execute("ZSCORE", self.due, member),
+            self._batcher.execute("ZSCORE", self.inflight, member),
+        )
+        return any(score is not None for score in scores)
 
     async def forget(self, members: Sequence[str]) -> None:
         if members:
