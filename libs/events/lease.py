@@ -40,8 +40,8 @@ Healthy = Callable[[], Awaitable[bool]]
 
 @dataclass(frozen=True)
 class LeaseConfig:
-    ttl_s: float = 5.0  # an expired lease moves: a holder killed or frozen is replaced after it
-    renew_s: float = 1.0
+    ttl_s: float = 4.0  # an expired lease moves: a holder killed or frozen is replaced after it
+    renew_s: float = 0.5
     retry_s: float = 0.5  # how often an instance standing by asks for the lease
     margin_s: float = 0.5  # the holder stops this long before PostgreSQL would let it go
     grace_s: float = 2.0  # the work's time to end once the lease is lost, before it is cancelled
@@ -196,6 +196,8 @@ class Lease:
                 standing_by = held is None
             except (psycopg.Error, PoolTimeout, OSError) as e:
                 log.warning("lease_unavailable", role=self.role, error=str(e))
+            except LeaseLost:  # a write was refused, or the lease ran out mid-work
+                log.info("lease_lost", role=self.role, holder=self.holder)
             except Exception as e:  # the work failed: give the lease up, then ask again afresh
                 log.exception("lease_work_failed", role=self.role, error=str(e))
             await _wait(stop, self._config.retry_s)

@@ -7,6 +7,7 @@ import signal
 
 import httpx
 import psycopg
+import pytest
 
 from libs.events.catalogue import DriverAvailabilityChanged
 from libs.events.store import append
@@ -14,6 +15,13 @@ from tests.realtime import actions as act
 from tests.realtime import expect as e
 from tests.realtime.conftest import System, new_id
 from tests.realtime.sockets import Socket, brief
+
+
+@pytest.fixture(scope="module")
+def settings() -> dict[str, str]:
+    """Broadcasts outlive these stories: a killed gateway that held the projector's lease is
+    replaced only once its lease runs out (a few seconds), which a 6 s broadcast may not."""
+    return {"BROADCAST_TIMEOUT_SECONDS": "60", "PRESENCE_TTL_SECONDS": "30"}
 
 
 async def flood(database_url: str, transporter: str, count: int, padding: int = 0) -> None:
@@ -103,6 +111,33 @@ async def test_resync_required_when_too_old(
     assert (await recent.count(1000, timeout=20)) == witness.frames[-1000:]
     for socket in (witness, recent):
         await socket.close()
+
+
+# Ids no message of the user ever had: newer than the newest (the last one is the largest id
+# Redis allows), or malformed.
+NEVER_SEEN = ("99999999999999-0", "18446744073709551615-18446744073709551615", "12-ab")
+
+
+async def test_resync_required_when_ahead_of_the_inbox(
+    api: httpx.AsyncClient, system: System
+) -> None:
+    """A lastEventId newer than the newest message, the largest id Redis allows, or a malformed
+    one gets {"type": "resync_required"} first, then the live messages that follow."""
+    transporter = new_id("t")
+    driver_id = await act.driver(api, system, transporter)
+    witness = await system.connect("transporter", transporter, 0)
+    await act.availability(api, system, driver_id, True)
+    await witness.count(1)  # the inbox is not empty: replay would start from the id given
+    for n, last in enumerate(NEVER_SEEN):
+        ahead = await system.connect("transporter", transporter, 1, lastEventId=last)
+        assert await ahead.count(1) == [{"type": "resync_required"}], last
+        await act.availability(api, system, driver_id, n % 2 == 1)
+        live = (await witness.count(n + 2))[n + 1]
+        assert live["type"] == "driver_status_changed"
+        assert await ahead.count(2) == [{"type": "resync_required"}, live], last
+        await ahead.quiet(2)
+        await ahead.close()
+    await witness.close()
 
 
 async def test_killed_gateways_lose_nothing(api: httpx.AsyncClient, system: System) -> None:

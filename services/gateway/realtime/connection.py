@@ -97,14 +97,15 @@ class Connection:
     async def catch_up(self, inbox: Inbox, after: StreamId, *, check_gap: bool) -> None:
         """Send what the inbox holds after `after`, then what arrived live meanwhile.
 
-        With `check_gap`, an `after` older than everything the inbox holds means messages were
-        trimmed away: the client gets `resync_required` and the connection goes live.
+        With `check_gap` (`after` is the client's `lastEventId`), an `after` outside what the
+        inbox holds gets `resync_required` and the connection goes live: older than its oldest
+        entry (messages were trimmed away), or newer than its newest (no message ever had it:
+        replayed after, every live frame would be dropped as already sent).
         """
         if self._held is None:
             self._held = []
         try:
-            first = await inbox.first_id(self.user) if check_gap else None
-            if check_gap and (first is None or after < first):
+            if check_gap and not await _held_by(inbox, self.user, after):
                 self.send_control(RESYNC_REQUIRED)
                 return
             await self._replay(inbox, after)
@@ -148,3 +149,9 @@ class Connection:
         """Send nothing more and close the socket (its receive loop then ends)."""
         self._held = []
         self._out.close(code, reason)
+
+
+async def _held_by(inbox: Inbox, user: str, after: StreamId) -> bool:
+    """Whether `after` lies within the user's inbox: from its oldest entry to its newest."""
+    first, newest = await asyncio.gather(inbox.first_id(user), inbox.last_id(user))
+    return first is not None and first <= after <= newest

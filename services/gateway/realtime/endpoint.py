@@ -5,7 +5,8 @@
 2. The user's wake channel is subscribed (confirmed by Redis) before anything is read from the
    inbox, so nothing published in between is missed.
 3. The socket is accepted; the inbox is replayed after `lastEventId` (or after its newest entry
-   when there is none), `resync_required` first when `lastEventId` is older than the inbox.
+   when there is none), `resync_required` first when `lastEventId` is no id within the inbox
+   (older than its oldest entry, newer than its newest, or malformed).
 4. Client `{"type": "ping"}` gets `{"type": "pong"}`; anything else from the client is ignored.
 """
 
