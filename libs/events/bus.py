@@ -178,7 +178,9 @@ class CommandClient:
             raise CommandTimeout(command_id) from cause
         COMMAND_TIMEOUTS.labels("settled").inc()
         log.info("command_settled_after_timeout", command_id=command_id)
-        return Reply(command_id=command_id, result=msgspec.Raw(recorded), replayed=True)
+        return Reply(
+            command_id=command_id, result=msgspec.Raw(recorded.reply), replayed=recorded.earlier
+        )
 
     async def _read_replies(self) -> None:
         while True:

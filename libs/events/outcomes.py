@@ -12,15 +12,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 Conn = psycopg.AsyncConnection[Any]
 Recorded = tuple[str, str, bytes]  # (command id, attempt, reply)
-Abandon = Callable[[str, str], Awaitable[bytes | None]]
+Abandon = Callable[[str, str], Awaitable["Settled | None"]]
 
 STORED = (
     "SELECT command_id, reply::text FROM command_results"
@@ -42,7 +45,9 @@ _ABANDON = (
     " WHERE command_results.reply IS NULL"
     " RETURNING 1"
 )
+_RECORDED = "SELECT reply::text, attempt FROM command_results WHERE command_id = %s"
 SETTLE_TIMEOUT_S = 3.0
+SETTLE_BUDGET_S = 8.0  # the caller waits this much longer for a true answer
 
 
 async def record(conn: Conn, outcomes: Sequence[Recorded]) -> bool:
@@ -61,8 +66,17 @@ async def stored(conn: Conn, command_ids: Sequence[str]) -> dict[str, bytes]:
     return {row[0]: row[1].encode() for row in await cur.fetchall()}
 
 
-async def abandon(conn: Conn, command_id: str, attempt: str) -> bytes | None:
-    """Settle a command whose caller stopped waiting: its recorded reply if it took effect,
+@dataclass(frozen=True)
+class Settled:
+    """The outcome a command whose caller stopped waiting had: its reply, and whether an
+    earlier attempt (not the caller's) recorded it."""
+
+    reply: bytes
+    earlier: bool
+
+
+async def abandon(conn: Conn, command_id: str, attempt: str) -> Settled | None:
+    """Settle a command whose caller stopped waiting: its recorded outcome if it took effect,
     else None, and then `attempt` can never take effect."""
     async with conn.transaction():
         timeout_ms = int(SETTLE_TIMEOUT_S * 1000)
@@ -70,14 +84,25 @@ async def abandon(conn: Conn, command_id: str, attempt: str) -> bytes | None:
         cur = await conn.execute(_ABANDON, (command_id, attempt))
         if await cur.fetchone() is not None:
             return None
-        return (await stored(conn, [command_id]))[command_id]
+        cur = await conn.execute(_RECORDED, (command_id,))
+        row = await cur.fetchone()
+        assert row is not None  # the row exists and holds a reply: the update was refused
+        return Settled(row[0].encode(), earlier=row[1] != attempt)
 
 
-def abandoner(pool: AsyncConnectionPool[Any]) -> Abandon:
-    """`abandon` on a connection of `pool`."""
+def abandoner(pool: AsyncConnectionPool[Any], budget_s: float = SETTLE_BUDGET_S) -> Abandon:
+    """`abandon` on a connection of `pool`, tried again on a connection that failed (a
+    failover, a terminated backend) for up to `budget_s`."""
 
-    async def run(command_id: str, attempt: str) -> bytes | None:
-        async with pool.connection(timeout=SETTLE_TIMEOUT_S) as conn:
-            return await abandon(conn, command_id, attempt)
+    async def run(command_id: str, attempt: str) -> Settled | None:
+        deadline = time.monotonic() + budget_s
+        while True:
+            try:
+                async with pool.connection(timeout=SETTLE_TIMEOUT_S) as conn:
+                    return await abandon(conn, command_id, attempt)
+            except (psycopg.OperationalError, PoolTimeout):
+                if time.monotonic() + 0.2 >= deadline:
+                    raise
+            await asyncio.sleep(0.2)
 
     return run

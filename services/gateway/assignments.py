@@ -50,8 +50,7 @@ async def assign_driver(call: Call) -> Response:
         vehicle_id=body.vehicle_id,
     )
     await call.execute(command)
-    async with call.connection() as conn:
-        row = await reads.assignment(conn, assignment_id)
+    row = await call.read(lambda conn: reads.assignment(conn, assignment_id))
     if row is None or row.transporter_id != call.principal.sub:
         raise not_found()
     return json_response(assignment_view(row))

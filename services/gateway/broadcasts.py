@@ -49,8 +49,7 @@ def create_command(customer_id: str, body: CreateBroadcastBody) -> CreateBroadca
 
 async def _owned(call: Call, broadcast_id: str) -> reads.Broadcast:
     """The caller's (a customer's) broadcast; 404 when it is missing or someone else's."""
-    async with call.connection() as conn:
-        found = await reads.broadcast(conn, broadcast_id)
+    found = await call.read(lambda conn: reads.broadcast(conn, broadcast_id))
     if found is None or found.row.customer_id != call.principal.sub:
         raise not_found()
     return found

@@ -20,6 +20,11 @@ from libs.events.commands import Failure
 log = structlog.get_logger(__name__)
 
 
+class ChangedButUnread(Exception):
+    """The request's change was made, but reading its result back kept failing: not a 503
+    ("nothing was changed"); the keyed retry gets the result."""
+
+
 class ApiError(Exception):
     """An error the API answers with: status, contract code, message and extra fields."""
 
@@ -133,6 +138,14 @@ async def _unavailable(_request: Request, exc: Exception) -> Response:
     return error_response(unavailable())
 
 
+async def _outcome_unknown(_request: Request, exc: Exception) -> Response:
+    """The change may have been made (or was, and its result could not be read): a 503 would
+    say it was not. The keyed retry answers the outcome."""
+    log.error("answered_without_outcome", error=repr(exc))
+    message = "The outcome could not be confirmed; retry with the same Idempotency-Key to get it"
+    return error_response(ApiError(500, "internal", message))
+
+
 async def _internal(_request: Request, exc: Exception) -> Response:
     log.error("unhandled_error", error=repr(exc), exc_info=exc)
     return error_response(ApiError(500, "internal", "Internal error"))
@@ -145,7 +158,8 @@ EXCEPTION_HANDLERS: dict[Any, ExceptionHandler] = {
     ApiError: _api_error,
     HTTPException: _http_error,
     CommandTimeout: _unavailable,
-    CommandUnsettled: _unavailable,
+    CommandUnsettled: _outcome_unknown,
+    ChangedButUnread: _outcome_unknown,
     redis.exceptions.ConnectionError: _unavailable,
     redis.exceptions.TimeoutError: _unavailable,
     psycopg.OperationalError: _unavailable,

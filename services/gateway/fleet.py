@@ -43,8 +43,7 @@ async def put_driver(call: Call) -> Response:
         transporter_id=call.principal.sub, driver_id=driver_id, name=body.name, phone=body.phone
     )
     await call.execute(command)
-    async with call.connection() as conn:
-        row = await reads.driver(conn, driver_id)
+    row = await call.read(lambda conn: reads.driver(conn, driver_id))
     if row is None or row.transporter_id != call.principal.sub:
         raise not_found()
     return json_response(driver_view(row))

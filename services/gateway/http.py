@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,13 +21,17 @@ from libs.events.commands import AnyCommand, Reply
 from libs.runtime.tokens import Principal, Role
 from services.gateway.auth import KeySource, bearer_principal, require_role
 from services.gateway.config import GatewayConfig
-from services.gateway.errors import ApiError, not_found, refused
+from services.gateway.errors import ApiError, ChangedButUnread, not_found, refused
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.reads import TruckRequestIndex
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 DB_TIMEOUT_S = 5.0
+# How long a read after the request's change may be tried again while the database fails it.
+CHANGED_READ_S = 15.0
+T = TypeVar("T")
+Conn = psycopg.AsyncConnection[Any]
 
 
 class CommandSender(Protocol):
@@ -77,6 +83,22 @@ class Call:
     def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         return self.deps.pool.connection(timeout=DB_TIMEOUT_S)
 
+    async def read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """`fn` on a pooled connection. Once this request made its change, a database failing
+        the read is asked again (for up to `CHANGED_READ_S`) rather than answered 503, which
+        would say that nothing was changed."""
+        deadline = time.monotonic() + CHANGED_READ_S
+        while True:
+            try:
+                async with self.connection() as conn:
+                    return await fn(conn)
+            except (psycopg.OperationalError, PoolTimeout) as e:
+                if not getattr(self.request.state, "changed", False):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise ChangedButUnread from e
+            await asyncio.sleep(0.2)
+
     async def execute(self, command: AnyCommand) -> Reply:
         """Send `command` and await its reply; a refusal becomes its API error."""
         reply = await self.deps.commands.send(
@@ -84,6 +106,7 @@ class Call:
         )
         if reply.failure is not None:
             raise refused(reply.failure)
+        self.request.state.changed = True
         return reply
 
     def with_command_id(self, command_id: str) -> Call:
