@@ -4,7 +4,7 @@ VENV := .venv
 TOOLS := .tools
 UV ?= $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 
-.PHONY: run test lint bench docs venv clean
+.PHONY: run test lint bench chaos docs venv clean
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@command -v $(UV) >/dev/null 2>&1 || (python3 -m venv $(TOOLS) && $(TOOLS)/bin/pip install -q uv)
@@ -20,13 +20,18 @@ test: venv lint
 	$(VENV)/bin/pytest
 
 lint: venv
-	$(VENV)/bin/ruff check libs services tests bench
-	$(VENV)/bin/ruff format --check libs services tests bench
+	$(VENV)/bin/ruff check libs services tests bench chaos
+	$(VENV)/bin/ruff format --check libs services tests bench chaos
 	$(VENV)/bin/mypy
 	@if [ -x scripts/lint-deploy.sh ]; then scripts/lint-deploy.sh; fi
 
 bench: venv
 	$(VENV)/bin/python -m bench $(SCENARIOS)
+
+# The chaos soak: 10 minutes by default (CHAOS_SECONDS to change); the report goes into
+# docs/reliability.md. CHAOS_SEED reruns a given seed.
+chaos: venv
+	$(VENV)/bin/python -m chaos --seconds $${CHAOS_SECONDS:-600} $${CHAOS_SEED:+--seed $$CHAOS_SEED} --report docs/reliability.md
 
 docs: venv
 	$(VENV)/bin/weelo docs events > docs/events.md

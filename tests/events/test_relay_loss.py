@@ -18,13 +18,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from chaos.redis_server import PrivateRedis, private_redis
 from libs.events.catalogue import BusProbe
 from libs.events.codec import envelope_from_fields
 from libs.events.relay import OutboxRelay, RelayConfig
 from libs.events.store import append
 from libs.events.streams import events_stream
 from tests.events.helpers import append_probes, eventually, relay_of
-from tests.redis_server import PrivateRedis, private_redis
 
 BACK_WITHIN_S = 5.0
 
