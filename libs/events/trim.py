@@ -164,10 +164,10 @@ async def trim_forever(
         for stream in streams:
             try:
                 await tidy_stream(redis, stream, retention_ms, consumer_idle_ms)
-            except RedisError as e:
+            except (RedisError, OSError) as e:  # the next pass tries again
                 log.warning("trim_failed", stream=stream, error=str(e))
         if dead_letter is not None:
-            with contextlib.suppress(RedisError):
+            with contextlib.suppress(RedisError, OSError):
                 DEAD_LETTER_ENTRIES.set(int(await redis.xlen(dead_letter)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)

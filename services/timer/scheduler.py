@@ -3,7 +3,9 @@
 It sleeps until the earliest due time (woken early when this instance schedules a nearer
 timer), never longer than `max_sleep_s`, so it also notices timers other instances scheduled
 and leases that ran out. Redis losing its data is noticed at the next claim and answered by a
-rebuild from PostgreSQL before anything fires.
+rebuild from PostgreSQL before anything fires. PostgreSQL or Redis failing (a connection
+terminated, a failover, a pool out of connections) does not end the loop: it pauses for
+`retry_s` and goes on, so the timer process outlives the outage.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class SchedulerConfig:
     lanes: int = 2
     max_sleep_s: float = 0.2
     rebuild_every_s: float = 3.0
+    retry_s: float = 0.2  # the pause after PostgreSQL or Redis failed to answer
 
 
 class Scheduler:
@@ -65,9 +68,9 @@ class Scheduler:
             except RedisLostTimers:
                 log.warning("timers_lost_rebuilding")
                 next_rebuild = 0.0
-            except (RedisError, OSError, ConnectionError) as e:
-                log.warning("timer_loop_interrupted", error=str(e))
-                await asyncio.sleep(0.2)
+            except (RedisError, OSError, psycopg.Error, PoolTimeout) as e:
+                log.warning("timer_loop_interrupted", error=repr(e))
+                await _pause(stop, self._config.retry_s)
 
     async def _fire_due(self) -> None:
         """Fire every due timer: `lanes` loops side by side, each claiming and expiring a batch
@@ -118,6 +121,11 @@ class Scheduler:
                 w.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await w
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def _now_ms() -> int:

@@ -22,6 +22,7 @@ from services.presence.sweep import SweepConfig, Sweeper
 from tests.events.helpers import eventually
 from tests.keys import forget_keys
 from tests.processes import environment, services
+from tests.services.backends import keep_terminating
 from tests.services.helpers import command_client, ok
 
 TTL_S = 1.0
@@ -155,6 +156,38 @@ async def test_heartbeats_keep_a_driver_online_and_silence_turns_it_offline_afte
             assert (await driver_row(database_url, driver))[0] is True
             await wait_until(now + 0.2)
         await eventually(lambda: offline(database_url, driver), timeout=5 * TTL_S)
+    recorded = await changes(database_url, driver)
+    assert [(o, r) for o, r, _ in recorded] == [(True, "requested"), (False, "heartbeat_timeout")]
+    went_offline = recorded[-1][2].timestamp()
+    assert last_beat + TTL_S <= went_offline <= last_beat + TTL_S + 1.5
+
+
+async def heartbeat_for(redis: Redis, prefix: str, driver: str, seconds: float) -> float:
+    """Heartbeat every 0.2 s for `seconds`; when the last heartbeat was (epoch seconds)."""
+    until = time.time() + seconds
+    while (now := time.time()) < until:
+        await record_heartbeat(redis, prefix, driver, int(now * 1000))
+        last_beat = int(now * 1000) / 1000
+        await wait_until(now + 0.2)
+    return last_beat
+
+
+async def test_silence_turns_a_driver_offline_after_presence_had_its_connections_terminated(
+    client: CommandClient, env: dict[str, str], database_url: str, redis: Redis, module_prefix: str
+) -> None:
+    """pg_terminate_backend of presence's connections, again and again while the driver
+    heartbeats: the process keeps running, and once the heartbeats stop the driver turns
+    offline after the TTL, not before."""
+    driver = await new_driver(client)
+    with services(["presence"], env) as running:
+        await set_online(client, driver)
+        beating = asyncio.create_task(heartbeat_for(redis, module_prefix, driver, 3 * TTL_S))
+        killed = await keep_terminating(database_url, "presence", seconds=3 * TTL_S)
+        last_beat = await beating
+        assert killed > 0
+        assert running["presence"].proc.poll() is None, "presence exited"
+        await eventually(lambda: offline(database_url, driver), timeout=5 * TTL_S)
+        assert running["presence"].proc.poll() is None, "presence exited"
     recorded = await changes(database_url, driver)
     assert [(o, r) for o, r, _ in recorded] == [(True, "requested"), (False, "heartbeat_timeout")]
     went_offline = recorded[-1][2].timestamp()

@@ -14,12 +14,15 @@ from redis.asyncio import Redis
 
 from libs.events.bus import CommandClient
 from libs.events.commands import AcceptResult, AcceptSlots, BroadcastRef, CancelBroadcast
+from services.timer.scheduler import SchedulerConfig
 from tests.events.helpers import eventually
-from tests.processes import environment, services
+from tests.processes import Service, environment, services
+from tests.services.backends import keep_terminating, terminate_backends
 from tests.services.helpers import command_client, fleet, new_broadcast, ok
 
 TIMEOUT_S = 2.0
 BOUND = timedelta(seconds=1)
+REBUILD_EVERY_S = SchedulerConfig().rebuild_every_s  # how often the firing loop reads PostgreSQL
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +73,12 @@ async def expiry_events(database_url: str, ids: list[str]) -> dict[str, int]:
         return {r[0].removeprefix("broadcast-"): r[1] for r in await cur.fetchall()}
 
 
-def assert_on_time(endings: dict[str, tuple[str, datetime, datetime]]) -> None:
+def assert_on_time(
+    endings: dict[str, tuple[str, datetime, datetime]], bound: timedelta = BOUND
+) -> None:
     for bid, (state, expires_at, changed_at) in endings.items():
         assert state == "expired", bid
-        assert expires_at <= changed_at <= expires_at + BOUND, (bid, changed_at - expires_at)
+        assert expires_at <= changed_at <= expires_at + bound, (bid, changed_at - expires_at)
 
 
 async def test_broadcast_expires_no_earlier_than_expires_at_and_within_one_second(
@@ -103,6 +108,53 @@ async def test_two_timers_fire_each_timer_once_and_one_killed_hands_over(
 
 async def _reached(moment: datetime) -> bool:
     return datetime.now(UTC) >= moment
+
+
+async def _expires_on_time_and_timer_runs(
+    client: CommandClient, database_url: str, timer: Service
+) -> None:
+    """Broadcasts created now expire on time (with slack for a loaded machine), and the timer
+    process is still running afterwards."""
+    ids = [(await new_broadcast(client))[1] for _ in range(3)]
+    assert_on_time(await all_expired(database_url, ids), BOUND + timedelta(seconds=0.5))
+    assert timer.proc.poll() is None, f"the timer exited with {timer.proc.returncode}"
+    assert await expiry_events(database_url, ids) == dict.fromkeys(ids, 1)
+
+
+async def test_a_timer_whose_postgresql_connections_are_terminated_keeps_expiring_on_time(
+    client: CommandClient, env: dict[str, str], database_url: str
+) -> None:
+    """pg_terminate_backend of the timer's connections, again and again for longer than a
+    rebuild interval: the process keeps running and broadcasts created afterwards expire on
+    time."""
+    await fleet(client, 1)
+    with services(["timer"], env) as timers:
+        killed = await keep_terminating(database_url, "timer", seconds=REBUILD_EVERY_S + 1)
+        assert killed > 0
+        assert timers["timer"].proc.poll() is None, "the timer exited"
+        await _expires_on_time_and_timer_runs(client, database_url, timers["timer"])
+
+
+async def test_a_frozen_timer_whose_connections_were_terminated_carries_on_when_it_wakes(
+    client: CommandClient, env: dict[str, str], database_url: str
+) -> None:
+    """A timer frozen (SIGSTOP) past a rebuild interval while its PostgreSQL connections are
+    terminated several times keeps running after SIGCONT and expires broadcasts on time."""
+    await fleet(client, 1)
+    with services(["timer"], env) as timers:
+        timer = timers["timer"]
+        timer.proc.send_signal(signal.SIGSTOP)
+        try:
+            killed = 0
+            for _ in range(3):
+                killed += await terminate_backends(database_url, "timer")
+                await asyncio.sleep((REBUILD_EVERY_S + 0.5) / 3)
+        finally:
+            timer.proc.send_signal(signal.SIGCONT)
+        assert killed > 0
+        await asyncio.sleep(1.0)  # the woken timer meets its dead connections
+        assert timer.proc.poll() is None, "the timer exited"
+        await _expires_on_time_and_timer_runs(client, database_url, timer)
 
 
 async def test_overdue_broadcasts_expire_within_one_second_of_a_timer_coming_back(
