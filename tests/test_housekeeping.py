@@ -33,6 +33,11 @@ async def test_prune_removes_only_rows_older_than_the_retention(
             " VALUES ('g', %s, now() - %s::interval)",
             (ident, age),
         )
+        await conn.execute(
+            "INSERT INTO projected_events (position, projected_at)"
+            " VALUES (%s, now() - %s::interval)",
+            (_no_event(ident), age),
+        )
     async with AsyncConnectionPool(database_url, min_size=1, open=False) as pool:
         removed = await prune(pool, timedelta(days=1))
     assert all(count >= 1 for count in removed.values())
@@ -45,3 +50,13 @@ async def test_prune_removes_only_rows_older_than_the_retention(
             f"SELECT {column} FROM {table} WHERE {column} = ANY(%s)", ([old, new],)
         )
         assert [r[0] for r in await cur.fetchall()] == [new], table
+    cur = await conn.execute(
+        "SELECT position FROM projected_events WHERE position = ANY(%s)",
+        ([_no_event(old), _no_event(new)],),
+    )
+    assert [r[0] for r in await cur.fetchall()] == [_no_event(new)]
+
+
+def _no_event(ident: str) -> int:
+    """A position no event has (they are positive), so no projector of another test sees it."""
+    return -1 - uuid.UUID(ident).int % 2**62

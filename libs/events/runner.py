@@ -11,15 +11,18 @@
   and its first failure is `retry_window_s` old it goes to the dead-letter stream with its last
   error and is acknowledged. A handler raising `PoisonMessage` sends it there at once, so a
   poison message never stalls the group. A failed entry does not hold up later entries of its
-  key (docs/architecture.md, "Events and consumers").
+  key (docs/architecture.md, "Events and consumers"), unless `hold_key_on_failure`: then it is
+  retried in place, with the same pauses, while they wait (a group with one consumer only).
 - Entries left pending longer than `claim_idle_ms` by another consumer (it died) are claimed.
 - A missing stream or group (Redis lost its data) is recreated and reading goes on.
-- On stop every entry in hand is finished and acknowledged; nothing read is abandoned.
+- On stop every entry in hand is finished and acknowledged; nothing read is abandoned, except a
+  held key's failed entry and those behind it, left pending (unacknowledged) for the next consumer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -70,6 +73,10 @@ class RunnerConfig:
     max_in_flight: int = 0  # entries read and unfinished; 0: twice `batch_size`
     retry_delay_s: float = 1.0  # between attempts to reach Redis
     dead_letter_maxlen: int = 10_000
+    # Retry a failed entry in place while the later entries of its key wait, rather than by the
+    # reclaim while they run; the reclaim then claims whatever is pending at once, oldest first,
+    # before newer entries are read. Sound for a group with one consumer only (`claim_idle_ms=0`).
+    hold_key_on_failure: bool = False
 
 
 def by_entry(delivery: Delivery) -> str:
@@ -107,11 +114,14 @@ class StreamRunner:
         self._dead_letter = dead_letter
         self._config = config or RunnerConfig()
         self._policy = retry_policy(self._config)
+        hold = self._config.hold_key_on_failure
+        self._claim_policy = replace(self._policy, first_pause_s=0.0) if hold else self._policy
         self._failures = Failures(redis, stream, group)
         self._acks = Acks(redis, stream, group, self._failures.key)
         limit = self._config.max_in_flight or 2 * self._config.batch_size
         self._lanes = Lanes(self._attempt, key, limit)
         self._next_reclaim = 0.0
+        self._stop = asyncio.Event()
         self.dead_lettered = 0
 
     @property
@@ -121,6 +131,7 @@ class StreamRunner:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, surviving Redis outages and data loss."""
         log.info("runner_started", stream=self.stream, group=self.group, consumer=self.consumer)
+        self._stop = stop
         await self._ensure_group_safely()
         try:
             while not stop.is_set():
@@ -148,7 +159,9 @@ class StreamRunner:
     async def _step(self) -> None:
         if time.monotonic() >= self._next_reclaim:
             self._next_reclaim = time.monotonic() + self._config.reclaim_interval_s
-            await self._reclaim()
+            if await self._reclaim() and self._config.hold_key_on_failure:
+                self._next_reclaim = 0.0  # claim the rest of the pending before newer entries
+                return
         room = self._lanes.room()
         if room <= 0:
             await self._lanes.wait_for_room(self._config.block_ms / 1000)
@@ -163,55 +176,124 @@ class StreamRunner:
         for _stream, entries in reply or ():
             self._lanes.add(Delivery(self.stream, _s(i), f, 1) for i, f in entries)
 
-    async def _attempt(self, delivery: Delivery) -> None:
-        """Run one entry: acknowledge it, dead-letter it (poison) or leave it for a retry."""
+    async def _attempt(self, delivery: Delivery) -> bool:
+        """Run one entry: acknowledge it, dead-letter it (poison) or leave it for a retry (with
+        `hold_key_on_failure`, retry it here). False: its key stops here, since it failed and the
+        runner is stopping."""
         target = delivery.fields.get(deadletter.REPLAY_FIELD)
         if target is not None:  # a replayed entry: only for the group it was replayed for
             if target.decode() != self.group:
                 self._acks.add(delivery.entry_id, delivery.deliveries)
-                return
+                return True
             fields = {k: v for k, v in delivery.fields.items() if k != deadletter.REPLAY_FIELD}
             delivery = replace(delivery, fields=fields)
+        error = await self._handle(delivery)
+        if error is None:
+            return True
+        if self._config.hold_key_on_failure:
+            return await self._hold(delivery, error)
+        await self._record_failure(delivery, error)
+        return True
+
+    async def _handle(self, delivery: Delivery) -> str | None:
+        """Run the handler; None once the entry is done with (acknowledged, or dead-lettered as
+        poison), else the error."""
         try:
             await self._handler(delivery)
         except PoisonMessage as e:
-            await self._dead_letter_poison(delivery, f"poison: {e}")
+            try:
+                await self._dead_letter_poison(delivery, f"poison: {e}")
+            except (RedisError, OSError) as failed:  # retried, and dead-lettered then
+                return f"poison, not dead-lettered: {failed}"
         except Exception as e:
-            await self._failed(delivery, f"{type(e).__name__}: {e}")
+            log.exception(
+                "handler_failed",
+                stream=self.stream,
+                entry=delivery.entry_id,
+                deliveries=delivery.deliveries,
+            )
+            return f"{type(e).__name__}: {e}"
         else:
             self._acks.add(delivery.entry_id, delivery.deliveries)
+        return None
 
-    async def _failed(self, delivery: Delivery, error: str) -> None:
-        log.exception(
-            "handler_failed",
-            stream=self.stream,
-            entry=delivery.entry_id,
-            deliveries=delivery.deliveries,
-        )
+    async def _record_failure(self, delivery: Delivery, error: str) -> int | None:
+        """Note the failed delivery (`retry.py`); when the entry first failed (ms, by Redis's
+        clock), None if Redis did not answer."""
         try:
-            await self._failures.record(delivery.entry_id, delivery.deliveries, error)
+            return await self._failures.record(delivery.entry_id, delivery.deliveries, error)
         except RedisError as e:  # retried after `claim_idle_ms` instead of its pause
             log.warning("failure_not_recorded", stream=self.stream, error=str(e))
+            return None
 
-    async def _reclaim(self) -> None:
-        """Claim what is due for another attempt (or the dead-letter stream) and run it."""
+    async def _hold(self, delivery: Delivery, error: str) -> bool:
+        """Retry a failed entry in place, after the pauses of `retry.py`, while the later entries
+        of its key wait: True once it succeeded or went to the dead-letter stream, False if the
+        runner stops first (it and the entries behind it stay pending, for the next consumer)."""
+        with self._lanes.holding(delivery):
+            return await self._retry_in_place(delivery, error)
+
+    async def _retry_in_place(self, delivery: Delivery, error: str | None) -> bool:
+        cfg = self._config
+        while error is not None:
+            first_ms = await self._record_failure(delivery, error)
+            pause = retry.pause_s(
+                delivery.deliveries, cfg.retry_first_pause_s, cfg.retry_max_pause_s
+            )
+            if await self._stopped_within(pause):
+                log.info("key_held_at_stop", stream=self.stream, entry=delivery.entry_id)
+                return False
+            try:
+                if first_ms is not None and await self._exhausted(first_ms, delivery.deliveries):
+                    await self._dead_letter_entry(delivery, error, first_ms)
+                    return True
+            except (RedisError, OSError) as e:  # the entry stays: try again after the pause
+                log.warning("dead_letter_failed", stream=self.stream, error=str(e))
+                continue
+            delivery = await self._redelivered(delivery)
+            error = await self._handle(delivery)
+        return True
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        return self._stop.is_set()
+
+    async def _exhausted(self, first_ms: int, deliveries: int) -> bool:
+        if deliveries < self._config.max_deliveries:
+            return False
+        failure = Failure(first_ms, deliveries, "")
+        return self._policy.exhausted(failure, deliveries, await self._redis_time_ms())
+
+    async def _redelivered(self, delivery: Delivery) -> Delivery:
+        """The next delivery of an entry retried in place: claimed again, so the group counts it
+        (and a next consumer sees how often it was tried)."""
+        try:
+            await self._redis.xclaim(self.stream, self.group, self.consumer, 0, [delivery.entry_id])
+        except (RedisError, OSError) as e:  # Redis lost the group, or is away: run it anyway
+            log.warning("redelivery_not_counted", stream=self.stream, error=str(e))
+        return replace(delivery, deliveries=delivery.deliveries + 1)
+
+    async def _reclaim(self) -> int:
+        """Claim what is due for another attempt (or the dead-letter stream) and run it; how
+        many entries it took. (Holding keys, whatever is pending is due at once, oldest first.)"""
         due = await retry.due(
             self._redis,
             self.stream,
             self.group,
-            policy=self._policy,
+            policy=self._claim_policy,
             failures=self._failures,
             skip=self._lanes.in_hand | self._acks.waiting,
             count=self._config.batch_size,
         )
         if not due:
-            return
+            return 0
         least = min(wait for _, wait, _ in due.values())
         claimed: Any = await self._redis.xclaim(
             self.stream, self.group, self.consumer, least, list(due)
         )
         now_ms = await self._redis_time_ms()
-        again = []
+        again, gone = [], 0
         for raw_id, fields in claimed:
             if fields is None:  # trimmed or deleted meanwhile
                 continue
@@ -223,11 +305,13 @@ class StreamRunner:
                 await self._dead_letter_entry(
                     replace(delivery, deliveries=deliveries), failure.error, failure.first_ms
                 )
+                gone += 1
             else:
                 again.append(delivery)
         if again:
             log.info("runner_reclaimed", stream=self.stream, count=len(again))
             self._lanes.add(again)
+        return len(again) + gone
 
     async def _unacknowledged(self, entry_id: str, deliveries: int) -> Failure:
         """The record of an entry whose consumer went away without acknowledging or failing it

@@ -23,6 +23,7 @@ PRUNED = {
     "command_results": "recorded_at",
     "processed_events": "processed_at",
     "idempotency_keys": "created_at",
+    "projected_events": "projected_at",
 }
 
 

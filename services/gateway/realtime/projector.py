@@ -5,13 +5,16 @@ gateway process runs it, but only the holder of the projector's lease projects
 (`libs/events/lease.py`), so the events of one broadcast are projected one after another in
 stream order even across processes; a new holder first runs what the old one left
 unacknowledged, and every inbox write carries its token, so an old holder that wakes up after
-losing the lease writes nothing. Delivery is at least once and `Inbox.deliver` skips an
-event a user already got, so every message reaches its inbox once.
+losing the lease writes nothing. A failed event holds back the later events of its broadcast
+(`RUNNER`). Delivery is at least once: an event already delivered is skipped, by its record in
+PostgreSQL (`projected.py`, which outlives a Redis loss) or by `Inbox.deliver`'s marks in Redis,
+so every message reaches its inbox once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from typing import Any
 
@@ -33,13 +36,18 @@ from services.gateway.realtime import messages
 from services.gateway.realtime.fold import apply, fold
 from services.gateway.realtime.frames import Message
 from services.gateway.realtime.inbox import Inbox
+from services.gateway.realtime.projected import Projected
 from services.gateway.realtime.state import BroadcastState, FoldError
 
 GROUP = "projector"
+FLUSH_AT_END_S = 1.0
 CATEGORIES = ("broadcast", "driver")
-# A new leader claims what the old one left pending at once (it is the only consumer); a failed
-# event is retried after 1 s, 2 s, ... (at most 60 s) and dead-lettered after 10 minutes.
-RUNNER = RunnerConfig(claim_idle_ms=0, reclaim_interval_s=1.0, block_ms=1000)
+# A new leader claims what the old one left pending at once (it is the only consumer), oldest
+# first; a failed event is retried in place after 1 s, 2 s, ... (at most 60 s), its broadcast's
+# (or driver's) later events waiting behind it, and dead-lettered after 10 minutes.
+RUNNER = RunnerConfig(
+    claim_idle_ms=0, reclaim_interval_s=1.0, block_ms=1000, hold_key_on_failure=True
+)
 
 # Events after which the broadcast's notified transporters get a newer `broadcast_updated` or
 # its `broadcast_removed` (the claim of the last slot: `broadcast_filled` in the same commit).
@@ -58,22 +66,34 @@ class Projector:
         self, pool: AsyncConnectionPool[Any], inbox: Inbox, cache_size: int = 10_000
     ) -> None:
         self._pool, self._inbox = pool, inbox
+        self.projected = Projected(pool)
         self.token = 0  # the lease token of the current lead, carried by every inbox write
         self._cache: OrderedDict[str, BroadcastState] = OrderedDict()
         self._cache_size = cache_size
 
+    def lead(self, token: int) -> None:
+        """Start a lease of token `token`: what it knew of past deliveries may be out of date
+        (another holder may have delivered since)."""
+        self.token = token
+        self.projected = Projected(self._pool)
+
     def handler(self) -> Handler:
-        """The runner's handler: broadcast events by `messages.HANDLERS`, then availability."""
+        """The runner's handler: broadcast events by `messages.HANDLERS`, then availability; an
+        event already delivered (the relay published it again after a Redis loss, or it is
+        redelivered) is skipped, and one delivered is recorded."""
 
         async def handle(delivery: Delivery) -> None:
             envelope = envelope_of(delivery)
             with structlog.contextvars.bound_contextvars(
                 correlation_id=envelope.correlation_id, event_id=envelope.event_id
             ):
-                if type(envelope.event) in messages.HANDLERS:
-                    await self.project_broadcast(envelope, updates_superseded(delivery))
-                elif isinstance(envelope.event, DriverAvailabilityChanged):
+                if not _projected(envelope) or await self.projected.delivered(envelope):
+                    return
+                if isinstance(envelope.event, DriverAvailabilityChanged):
                     await self.project_availability(envelope)
+                else:
+                    await self.project_broadcast(envelope, updates_superseded(delivery))
+                self.projected.record(envelope)
 
         return handle
 
@@ -162,6 +182,12 @@ class _Peek(msgspec.Struct):
 _peek = msgspec.json.Decoder(_Peek)
 
 
+def _projected(envelope: Envelope) -> bool:
+    """Whether the event sends any message (broadcast events and driver availability)."""
+    event_type = type(envelope.event)
+    return event_type in messages.HANDLERS or event_type is DriverAvailabilityChanged
+
+
 def updates_superseded(delivery: Delivery) -> bool:
     """Whether an event of the same broadcast still to come in this batch sends the notified
     transporters a newer `broadcast_updated` or the broadcast's removal. Under load a batch holds
@@ -185,7 +211,7 @@ async def run_projector(resources: Resources, stop: asyncio.Event) -> None:
     handler = projector.handler()
 
     async def project(held: Held) -> None:
-        projector.token = held.token
+        projector.lead(held.token)
         await fence(resources.redis, inbox.fence, held.token)  # before the first delivery
         runners = [
             StreamRunner(
@@ -200,7 +226,11 @@ async def run_projector(resources: Resources, stop: asyncio.Event) -> None:
             )
             for category in CATEGORIES
         ]
-        await asyncio.gather(*(r.run(held.ended) for r in runners))
+        try:
+            await asyncio.gather(*(r.run(held.ended) for r in runners))
+        finally:  # what it delivered is in the table before a successor reads it, if it can be
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(projector.projected.flush(), FLUSH_AT_END_S)
 
     lease = Lease(
         resources.pool,
