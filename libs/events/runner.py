@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from libs.events import deadletter, retry
@@ -152,7 +152,8 @@ class StreamRunner:
                 raise
             log.warning("runner_group_missing", stream=self.stream, group=self.group)
             await self._ensure_group_safely()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+        except (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError) as e:
+            # ReadOnlyError: a replica answering during a failover, until it is promoted.
             log.warning("runner_redis_unavailable", stream=self.stream, error=str(e))
             await asyncio.sleep(self._config.retry_delay_s)
 
