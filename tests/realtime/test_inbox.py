@@ -123,3 +123,38 @@ async def test_lagging_connection_is_dropped(redis: Redis, prefix: str) -> None:
 
     await eventually(closed, timeout=2)
     assert conn.closed
+
+
+async def test_the_live_feed_back_before_the_first_catch_up_replays_nothing_old(
+    redis: Redis, prefix: str
+) -> None:
+    """The hub's pub/sub connection comes back (Redis restarted) while a socket that resumes
+    from lastEventId has not started its catch-up: the catch-up still starts from the client's
+    id, so messages it already had are not sent again."""
+    inbox, user = Inbox(redis, prefix), "driver:d2"
+    for n in range(3):
+        await inbox.deliver(f"e{n}", [message(user, n)])
+    entries = await inbox.after(user, (0, 0), 10)
+    recorder = Recorder()
+    conn = connection(recorder, user)
+    conn.catch_up_again(inbox)  # the hub, on a resubscription, before the endpoint's catch-up
+    await conn.catch_up_soon(inbox, parse_id(entries[1][0]), check_gap=True)
+    await conn.drained()
+    assert sent_ids(recorder) == [entries[2][0]]
+
+
+async def test_after_a_resync_the_live_feed_coming_back_sends_nothing_old(
+    redis: Redis, prefix: str
+) -> None:
+    """A socket told to resync goes live from the inbox's newest entry: when the live feed
+    comes back and the hub catches it up, the inbox's older messages are not sent."""
+    inbox, user = Inbox(redis, prefix), "driver:d3"
+    for n in range(3):
+        await inbox.deliver(f"e{n}", [message(user, n)])
+    recorder = Recorder()
+    conn = connection(recorder, user)
+    await conn.catch_up_soon(inbox, (99999999999999, 0), check_gap=True)
+    await conn.drained()
+    await conn.catch_up_soon(inbox, conn.last_id, check_gap=conn.last_id != (0, 0))  # the hub's
+    await conn.drained()
+    assert recorder.texts == ['{"type":"resync_required"}']

@@ -36,7 +36,16 @@ Held = list[tuple[StreamId, str, bytes]]
 
 
 class Connection:
-    __slots__ = ("_again", "_catching", "_held", "_max_pending", "_out", "last_id", "user")
+    __slots__ = (
+        "_again",
+        "_catching",
+        "_held",
+        "_max_pending",
+        "_out",
+        "_started",
+        "last_id",
+        "user",
+    )
 
     def __init__(self, ws: WebSocket, user: str, max_pending: int) -> None:
         self.user, self._max_pending = user, max_pending
@@ -44,6 +53,7 @@ class Connection:
         self._catching: asyncio.Task[None] | None = None
         self._again = False
         self._held: Held | None = []  # held until the first catch-up ends
+        self._started = False  # the endpoint started the first catch-up (from the client's id)
         self.last_id: StreamId = (0, 0)
 
     @property
@@ -71,11 +81,19 @@ class Connection:
         """A frame outside the inbox (`pong`, `resync_required`)."""
         self._push(text)
 
+    def catch_up_again(self, inbox: Inbox) -> None:
+        """After the live feed was down: send what the inbox got meanwhile, from where this
+        connection got. Nothing to do before its first catch-up, which reads the inbox after
+        the feed is up (from (0, 0) it would send the whole inbox again)."""
+        if self._started:
+            self.catch_up_soon(inbox, self.last_id, check_gap=self.last_id != (0, 0))
+
     def catch_up_soon(
         self, inbox: Inbox, after: StreamId, *, check_gap: bool
     ) -> asyncio.Task[None]:
         """Start `catch_up` unless one is running; then that one runs once more after it, from
         where it got (a second outage of the live feed during the first catch-up)."""
+        self._started = True
         if self._catching is not None:
             self._again = True
             return self._catching
@@ -107,6 +125,7 @@ class Connection:
         try:
             if check_gap and not await _held_by(inbox, self.user, after):
                 self.send_control(RESYNC_REQUIRED)
+                self.last_id = max(self.last_id, await inbox.last_id(self.user))  # live from here
                 return
             await self._replay(inbox, after)
         finally:

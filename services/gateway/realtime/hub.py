@@ -192,7 +192,7 @@ class Hub:
             return
         sub = self._subs.get(channel.removeprefix(self._inbox.channel_prefix))
         for conn in list(sub.connections if sub else ()):
-            conn.catch_up_soon(self._inbox, conn.last_id, check_gap=conn.last_id != (0, 0))
+            conn.catch_up_again(self._inbox)
 
 
 def _text(value: bytes | str) -> str:
