@@ -5,6 +5,7 @@ delivered before the loss is delivered once; a delivery that failed is not taken
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -145,3 +146,29 @@ async def test_a_delivery_that_failed_is_delivered_when_run_again(
     await unreachable.aclose()
     await project(Projector(pool, Inbox(redis, prefix)), events[:1])
     assert await received(redis, prefix, "customer:c1") == ["created"]
+
+
+async def test_a_record_whose_write_failed_is_written_once_postgresql_takes_it(
+    database_url: str, redis: Redis, prefix: str, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    """While `projected_events` is locked (past the pool's lock timeout) the record of a
+    delivered event cannot be written; it is kept and written once the lock is gone, so a later
+    holder does not deliver the event again after a Redis loss."""
+    events = await stored(conn)
+    kwargs = {"autocommit": True, "options": "-c lock_timeout=100"}
+    async with (
+        AsyncConnectionPool(database_url, min_size=1, max_size=2, kwargs=kwargs) as pool,
+        await psycopg.AsyncConnection.connect(database_url) as locker,
+    ):
+        await locker.execute("LOCK TABLE projected_events IN ACCESS EXCLUSIVE MODE")
+        await project(Projector(pool, Inbox(redis, prefix)), events[:1])
+        await asyncio.sleep(0.5)  # the fault lasts long enough for writes to be refused
+        await locker.rollback()
+
+        async def recorded() -> bool:
+            cur = await conn.execute(
+                "SELECT 1 FROM projected_events WHERE position = %s", (events[0].position,)
+            )
+            return await cur.fetchone() is not None
+
+        await eventually(recorded, timeout=3.0)

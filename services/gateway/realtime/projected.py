@@ -7,8 +7,9 @@ The projector asks before it delivers an event and records the event once its me
 their inboxes. Records are written behind the deliveries: every `WRITE_EVERY_S`, one `INSERT` for
 all those made meanwhile, with `synchronous_commit` off, so neither the event nor the next one of
 its stream waits for PostgreSQL. Until a record is in the table the holder's memory (below)
-answers for it; a record lost (the holder killed within those milliseconds, PostgreSQL failing
-or crashing) only risks a duplicate after a second fault (Redis losing its data as well). A
+answers for it; a write PostgreSQL refuses is tried again every `RETRY_WRITE_S`. A record lost
+(the holder killed within those milliseconds, or PostgreSQL crashing) only risks a duplicate
+after a second fault (Redis losing its data as well). A
 holder whose lease ends writes what it has first.
 
 Most events are answered from memory, without a query, by what one lease saw (`Projected` is
@@ -56,6 +57,7 @@ _UNAVAILABLE = (psycopg.Error, PoolTimeout, OSError)
 STREAMS_KNOWN = 50_000
 REMEMBERED = 100_000
 WRITE_EVERY_S = 0.02
+RETRY_WRITE_S = 0.5  # after a write PostgreSQL refused
 
 
 class Batched:
@@ -166,8 +168,10 @@ class Projected:
                 positions, self._unwritten = self._unwritten, []
                 try:
                     await self._insert(positions)
-                except _UNAVAILABLE as e:
-                    log.warning("projected_not_recorded", events=len(positions), error=str(e))
+                except _UNAVAILABLE as e:  # kept, and written with the next ones
+                    log.warning("projected_not_recorded_yet", events=len(positions), error=str(e))
+                    self._unwritten = positions + self._unwritten
+                    await asyncio.sleep(RETRY_WRITE_S)
         finally:
             self._writing = None
 
