@@ -45,7 +45,6 @@ FROM events e WHERE e.position = ANY(%s) ORDER BY e.position
 """
 _LOG = "INSERT INTO relay_log (epoch, seq, positions) VALUES (%s, %s, %s)"
 _LOGGED_AFTER = "SELECT seq, positions FROM relay_log WHERE epoch = %s AND seq > %s ORDER BY seq"
-_LAST_LOGGED = "SELECT coalesce(max(seq), 0) FROM relay_log WHERE epoch = %s"
 _BACKLOG = """
 SELECT count(*), extract(epoch FROM now() - min(e.recorded_at))::float8
 FROM outbox o JOIN events e ON e.position = o.position
@@ -76,12 +75,6 @@ async def logged_after(conn: Conn, epoch: str, seq: int) -> list[tuple[int, list
     """The batches published in `epoch` after batch `seq`, in order: (seq, positions)."""
     cur = await conn.execute(_LOGGED_AFTER, (epoch, seq))
     return [(int(s), list(p)) for s, p in await cur.fetchall()]
-
-
-async def last_logged(conn: Conn, epoch: str) -> int:
-    cur = await conn.execute(_LAST_LOGGED, (epoch,))
-    row = await cur.fetchone()
-    return int(row[0]) if row else 0
 
 
 async def forget_before(conn: Conn, age_s: float) -> None:
