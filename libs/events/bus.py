@@ -3,9 +3,10 @@ that runs them in a service.
 
 - `CommandClient.send` XADDs a `CommandEnvelope` to `<prefix>commands:<service>` and waits on
   this instance's reply channel (`<prefix>replies:<instance>`, pub/sub). When no reply comes in
-  time (or the XADD failed), it settles the command in PostgreSQL before answering: the outcome
-  if the command took effect, else its attempt is abandoned and can never take effect
-  (`CommandTimeout`, a true 503).
+  time, the XADD failed, or the service answered `unavailable` (which it cannot know to be true:
+  an earlier delivery, or its own failed commit, may have taken effect), it settles the command
+  in PostgreSQL before answering: the outcome if the command took effect, else its attempt is
+  abandoned and can never take effect (`CommandTimeout`, a true 503).
 - `command_handler` turns a service's handler table into a `StreamRunner` handler. Each command
   runs in one PostgreSQL transaction together with the record of its reply, after reading the
   outcome its command id may already have (a redelivery or a keyed retry answers that instead of
@@ -92,6 +93,12 @@ class CommandUnsettled(Exception):
     outcome is unknown until a retry with the same command id asks again."""
 
 
+class ServiceUnavailable(Exception):
+    """The service answered `unavailable`: its own attempt failed, but an earlier delivery or
+    attempt of the command may have taken effect (or its commit may have), so the answer is
+    settled like a reply that never came."""
+
+
 REPLY_GRACE_S = 1.0  # waited past the deadline: a command started before it may be committing
 
 
@@ -153,11 +160,14 @@ class CommandClient:
         try:
             stream = commands_stream(self._prefix, ROUTES[type(command)])
             await self._batcher.execute("XADD", stream, "*", b"command", encode(envelope))
-            return await asyncio.wait_for(future, self._timeout + REPLY_GRACE_S)
+            reply = await asyncio.wait_for(future, self._timeout + REPLY_GRACE_S)
         except (TimeoutError, RedisError, OSError) as e:  # an XADD that failed may have happened
             return await self._settle(envelope, e)
         finally:
             self._waiting.pop(envelope.command_id, None)
+        if reply.failure is not None and reply.failure.code == UNAVAILABLE.code:
+            return await self._settle(envelope, ServiceUnavailable(reply.failure.message))
+        return reply
 
     async def _settle(self, envelope: CommandEnvelope, cause: Exception) -> Reply:
         """The outcome of a command whose reply did not come, or `CommandTimeout` once its

@@ -22,8 +22,9 @@ LEASE_ACQUIRED = Counter(
 )
 COMMAND_TIMEOUTS = Counter(
     "weelo_command_timeouts_total",
-    "Commands whose reply did not come in time, by how they were settled: abandoned (a true 503),"
-    " settled (they had taken effect: answered their outcome), unsettled (PostgreSQL unreachable)",
+    "Commands whose reply did not come in time (or was `unavailable`), by how they were settled:"
+    " abandoned (a true 503), settled (they had taken effect: answered their outcome),"
+    " unsettled (PostgreSQL unreachable)",
     ["outcome"],
 )
 DEAD_LETTERS = Counter(

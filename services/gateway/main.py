@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 from libs.runtime.keyring import open_keyring
 from libs.runtime.service import Resources, ServiceSpec
 from services.gateway.app import create_app
-from services.gateway.realtime.projector import run_projector
+from services.gateway.realtime.projector import RECORD_CONNECTIONS, run_projector
 
 
 def gateway_app(resources: Resources) -> Starlette:
@@ -21,4 +21,5 @@ SERVICE = ServiceSpec(
     app=gateway_app,
     port_setting=lambda s: s.gateway_port,
     tasks=(run_projector,),
+    dedicated_connections=RECORD_CONNECTIONS,
 )

@@ -5,7 +5,6 @@ delivered before the loss is delivered once; a delivery that failed is not taken
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -22,6 +21,7 @@ from libs.events.codec import ENVELOPE_FIELD, encode
 from libs.events.runner import Delivery
 from libs.events.store import append
 from services.gateway.realtime.inbox import Inbox
+from services.gateway.realtime.projected import RecordNotWritten
 from services.gateway.realtime.projector import Projector
 from tests.events.helpers import eventually
 from tests.realtime.test_units import CREATED, STARTED, accepted
@@ -161,8 +161,8 @@ async def test_a_record_whose_write_failed_is_written_once_postgresql_takes_it(
         await psycopg.AsyncConnection.connect(database_url) as locker,
     ):
         await locker.execute("LOCK TABLE projected_events IN ACCESS EXCLUSIVE MODE")
-        await project(Projector(pool, Inbox(redis, prefix)), events[:1])
-        await asyncio.sleep(0.5)  # the fault lasts long enough for writes to be refused
+        with pytest.raises(RecordNotWritten):  # its writes were refused for RECORD_WAIT_S
+            await project(Projector(pool, Inbox(redis, prefix)), events[:1])
         await locker.rollback()
 
         async def recorded() -> bool:
@@ -172,3 +172,32 @@ async def test_a_record_whose_write_failed_is_written_once_postgresql_takes_it(
             return await cur.fetchone() is not None
 
         await eventually(recorded, timeout=3.0)
+
+
+async def test_an_event_whose_record_was_not_written_is_not_acknowledged_and_reaches_users_once(
+    database_url: str, redis: Redis, prefix: str, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    """While `projected_events` refuses writes, an event delivered to its inboxes is not
+    acknowledged (`RecordNotWritten`): its holder then dies (its pool gone, the record with it)
+    and a successor runs the event again. Its messages arrive once, and after Redis loses its
+    data, once more events are republished, the event is not delivered a second time."""
+    events = await stored(conn)
+    kwargs = {"autocommit": True, "options": "-c lock_timeout=100"}
+    async with await psycopg.AsyncConnection.connect(database_url) as locker:
+        await locker.execute("LOCK TABLE projected_events IN ACCESS EXCLUSIVE MODE")
+        doomed = AsyncConnectionPool(
+            database_url, min_size=1, max_size=1, kwargs=kwargs, open=False
+        )
+        await doomed.open()
+        holder = Projector(doomed, Inbox(redis, prefix))
+        with pytest.raises(RecordNotWritten):
+            await project(holder, events[:1])
+        await doomed.close()  # killed: what it kept in memory is gone
+        await locker.rollback()
+    async with AsyncConnectionPool(database_url, min_size=1, max_size=2, kwargs=kwargs) as pool:
+        successor = Projector(pool, Inbox(redis, prefix))
+        await project(successor, events[:1])  # the runner hands the unacknowledged entry over
+        assert await received(redis, prefix, "customer:c1") == ["created"]
+        await lose_everything(redis, prefix)
+        await project(successor, events[:2])
+        assert await received(redis, prefix, "customer:c1") == ["broadcasting"]

@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from libs.events.bus import CommandClient
+from libs.events.bus import CommandClient, CommandTimeout
 from libs.events.commands import AcceptResult, AcceptSlots, BroadcastRef, commands_stream
 from libs.events.outcomes import abandoner
 from tests.events.helpers import eventually
@@ -128,3 +129,66 @@ async def _pending_in(redis: Redis, stream: str, entries: int) -> bool:
     """The stream holds at least `entries` entries after the last one read."""
     groups = await redis.xinfo_groups(stream)
     return bool(groups) and all(int(g["lag"] or 0) >= entries for g in groups)
+
+
+NO_TABLES = "-c search_path=nowhere"
+
+
+def _without_tables(env: dict[str, str]) -> dict[str, str]:
+    """`env` with a database URL whose sessions see no tables (an empty search_path): every
+    statement the service runs fails, as when PostgreSQL is unreachable mid-command."""
+    return {**env, "DATABASE_URL": make_conninfo(env["DATABASE_URL"], options=NO_TABLES)}
+
+
+async def test_a_service_that_cannot_reach_postgresql_for_a_retry_does_not_deny_its_outcome(
+    client: CommandClient, redis: Redis, module_prefix: str, env: dict[str, str], database_url: str
+) -> None:
+    """A keyed retry of a claim that took effect, run by a service whose PostgreSQL fails (it
+    replies `unavailable`), is not answered 503 "nothing was changed": the client settles the
+    command itself and answers the recorded win."""
+    (transporter,) = await fleet(client, 1)
+    _customer, broadcast = await new_broadcast(client)
+    claim = AcceptSlots(
+        transporter_id=transporter, broadcast_id=broadcast, vehicle_type="open_17ft"
+    )
+    async with AsyncConnectionPool(database_url, open=False, kwargs={"autocommit": True}) as pool:
+        settling = CommandClient(redis, module_prefix, "settling", abandon=abandoner(pool))
+        await settling.start()
+        try:
+            with services(["acceptance"], env):
+                won = ok(await settling.send(claim, command_id="retried-blind"), AcceptResult)
+            with services(["acceptance"], _without_tables(env)):
+                again = await settling.send(claim, command_id="retried-blind")
+        finally:
+            await settling.close()
+    assert again.failure is None, again.failure
+    assert again.replayed and ok(again, AcceptResult) == won
+    assert await _slots_of(database_url, broadcast, transporter) == 1
+
+
+async def test_an_unavailable_reply_abandons_the_attempt_before_it_is_believed(
+    client: CommandClient, redis: Redis, module_prefix: str, env: dict[str, str], database_url: str
+) -> None:
+    """A first claim that the service answers `unavailable` becomes a `CommandTimeout` (a true
+    503) only after its attempt is marked abandoned in PostgreSQL, so no later delivery of it
+    can take effect."""
+    (transporter,) = await fleet(client, 1)
+    _customer, broadcast = await new_broadcast(client)
+    claim = AcceptSlots(
+        transporter_id=transporter, broadcast_id=broadcast, vehicle_type="open_17ft"
+    )
+    async with AsyncConnectionPool(database_url, open=False, kwargs={"autocommit": True}) as pool:
+        settling = CommandClient(redis, module_prefix, "settling", abandon=abandoner(pool))
+        await settling.start()
+        try:
+            with services(["acceptance"], _without_tables(env)), pytest.raises(CommandTimeout):
+                await settling.send(claim, command_id="refused-blind")
+        finally:
+            await settling.close()
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT reply IS NULL, cardinality(abandoned) FROM command_results"
+                " WHERE command_id = 'refused-blind'"
+            )
+            assert await cur.fetchone() == (True, 1)
+    assert await _slots_of(database_url, broadcast, transporter) == 0

@@ -4,20 +4,22 @@ with it the inboxes and their delivery marks, reaches nobody a second time (docs
 "Losing Redis").
 
 The projector asks before it delivers an event and records the event once its messages are in
-their inboxes. Records are written behind the deliveries: every `WRITE_EVERY_S`, one `INSERT` for
-all those made meanwhile, with `synchronous_commit` off, so neither the event nor the next one of
-its stream waits for PostgreSQL. Until a record is in the table the holder's memory (below)
-answers for it; a write PostgreSQL refuses is tried again every `RETRY_WRITE_S`. A record lost
-(the holder killed within those milliseconds, or PostgreSQL crashing) only risks a duplicate
-after a second fault (Redis losing its data as well). A
-holder whose lease ends writes what it has first.
+their inboxes; the event is acknowledged only once its record is in the table (`written`). The
+records made while one `INSERT` runs go together in the next (with `synchronous_commit` off), on
+a connection of the projector's own, so requests that exhaust the shared pool cannot hold them
+back. A record PostgreSQL refuses is kept and tried again every `RETRY_WRITE_S`; its event stays
+unacknowledged, so the runner holds its stream's later events, and a successor that takes the
+lease meanwhile runs it again (the Redis marks keep it from reaching an inbox twice). So at most
+the event in hand on each lane, delivered in the milliseconds before its holder is killed, can be
+without a record; only Redis losing its data as well would then deliver it twice.
 
 Most events are answered from memory, without a query, by what one lease saw (`Projected` is
 made anew for each):
 - the events it delivered (the last `REMEMBERED`) were delivered;
 - the watermark: the largest position recorded, read when the lease starts, then raised by each
-  delivery. An event past it was never delivered (by this holder or any before it). Events
-  committed out of position order, and repeats, are at or below it;
+  delivery. An event past it was never delivered (by this holder or any before it, except the
+  one a predecessor had in hand, see above). Events committed out of position order, and
+  repeats, are at or below it;
 - each stream's newest version: the projector runs a stream's events in order, one holder at a
   time (`RUNNER`), so once it delivered version `v`, or the table said `v` was not delivered, no
   later version was delivered before, and from then on it alone delivers that stream: a later
@@ -25,9 +27,9 @@ made anew for each):
 Other events (a repeat it forgot, an event committed out of position order, one replayed from
 the dead-letter stream) are looked up, those asked for together in one `SELECT ... = ANY`.
 
-PostgreSQL failing does not stop delivery: the lookup then answers "not delivered" (and teaches
-nothing), and the Redis marks, the fast path, still keep a redelivered event from reaching its
-inboxes twice.
+PostgreSQL failing for a lookup answers "not delivered" (and teaches nothing), and the Redis marks,
+the fast path, still keep a redelivered event from reaching its inboxes twice; its record then
+cannot be written either, so delivery on that lane waits for PostgreSQL.
 """
 
 from __future__ import annotations
@@ -56,8 +58,13 @@ SELECT unnest(%s::bigint[]) FROM async_commit ON CONFLICT DO NOTHING
 _UNAVAILABLE = (psycopg.Error, PoolTimeout, OSError)
 STREAMS_KNOWN = 50_000
 REMEMBERED = 100_000
-WRITE_EVERY_S = 0.02
 RETRY_WRITE_S = 0.5  # after a write PostgreSQL refused
+RECORD_WAIT_S = 2.0  # an event waits this long for its record before it is run again later
+
+
+class RecordNotWritten(Exception):
+    """The event's messages are in their inboxes but its record is not yet in PostgreSQL: it is
+    not acknowledged (the record is still being tried)."""
 
 
 class Batched:
@@ -112,6 +119,7 @@ class Projected:
         self._pool = pool
         self._lookup = Batched(self._select)
         self._unwritten: list[int] = []
+        self._pending: dict[int, asyncio.Future[None]] = {}  # recorded, not yet in the table
         self._writing: asyncio.Task[None] | None = None
         self._recorded: int | None = None  # the largest position in the table at the start
         self._highest = 0  # the largest position delivered in this lease
@@ -145,8 +153,10 @@ class Projected:
         return found
 
     def record(self, envelope: Envelope) -> None:
-        """Note that the event's messages are in their inboxes (in the table soon after)."""
-        self._unwritten.append(envelope.position)
+        """Note that the event's messages are in their inboxes (`written` waits for the table)."""
+        if envelope.position not in self._pending:
+            self._pending[envelope.position] = asyncio.get_running_loop().create_future()
+            self._unwritten.append(envelope.position)
         if self._writing is None:
             self._writing = asyncio.ensure_future(self._write())
         self._remember(envelope.position)
@@ -156,6 +166,17 @@ class Projected:
         else:
             self._learn(envelope.stream_id, envelope.version)
 
+    async def written(self, envelope: Envelope, wait_s: float = RECORD_WAIT_S) -> None:
+        """Return once the event's record is in the table (at once when this lease has none
+        to write); `RecordNotWritten` after `wait_s`."""
+        pending = self._pending.get(envelope.position)
+        if pending is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(pending), wait_s)
+        except TimeoutError as e:
+            raise RecordNotWritten(f"event at position {envelope.position}") from e
+
     async def flush(self) -> None:
         """Wait until every record made so far was written (or failed to be)."""
         while self._writing is not None:
@@ -164,7 +185,6 @@ class Projected:
     async def _write(self) -> None:
         try:
             while self._unwritten:
-                await asyncio.sleep(WRITE_EVERY_S)  # the records made meanwhile go along
                 positions, self._unwritten = self._unwritten, []
                 try:
                     await self._insert(positions)
@@ -172,6 +192,9 @@ class Projected:
                     log.warning("projected_not_recorded_yet", events=len(positions), error=str(e))
                     self._unwritten = positions + self._unwritten
                     await asyncio.sleep(RETRY_WRITE_S)
+                    continue
+                for position in positions:
+                    self._pending.pop(position).set_result(None)
         finally:
             self._writing = None
 

@@ -41,6 +41,7 @@ from services.gateway.realtime.state import BroadcastState, FoldError
 
 GROUP = "projector"
 FLUSH_AT_END_S = 1.0
+RECORD_CONNECTIONS = 1  # opened outside the pool, for the delivery records (`projected.py`)
 CATEGORIES = ("broadcast", "driver")
 # A new leader claims what the old one left pending at once (it is the only consumer), oldest
 # first; a failed event is retried in place after 1 s, 2 s, ... (at most 60 s), its broadcast's
@@ -63,10 +64,16 @@ _UNTIL = (
 
 class Projector:
     def __init__(
-        self, pool: AsyncConnectionPool[Any], inbox: Inbox, cache_size: int = 10_000
+        self,
+        pool: AsyncConnectionPool[Any],
+        inbox: Inbox,
+        cache_size: int = 10_000,
+        records: AsyncConnectionPool[Any] | None = None,
     ) -> None:
+        """`records` holds the connection the delivery records go on (`pool` when None)."""
         self._pool, self._inbox = pool, inbox
-        self.projected = Projected(pool)
+        self._records = records or pool
+        self.projected = Projected(self._records)
         self.token = 0  # the lease token of the current lead, carried by every inbox write
         self._cache: OrderedDict[str, BroadcastState] = OrderedDict()
         self._cache_size = cache_size
@@ -75,7 +82,7 @@ class Projector:
         """Start a lease of token `token`: what it knew of past deliveries may be out of date
         (another holder may have delivered since)."""
         self.token = token
-        self.projected = Projected(self._pool)
+        self.projected = Projected(self._records)
 
     def handler(self) -> Handler:
         """The runner's handler: broadcast events by `messages.HANDLERS`, then availability; an
@@ -87,13 +94,15 @@ class Projector:
             with structlog.contextvars.bound_contextvars(
                 correlation_id=envelope.correlation_id, event_id=envelope.event_id
             ):
-                if not _projected(envelope) or await self.projected.delivered(envelope):
+                if not _projected(envelope):
                     return
-                if isinstance(envelope.event, DriverAvailabilityChanged):
-                    await self.project_availability(envelope)
-                else:
-                    await self.project_broadcast(envelope, updates_superseded(delivery))
-                self.projected.record(envelope)
+                if not await self.projected.delivered(envelope):
+                    if isinstance(envelope.event, DriverAvailabilityChanged):
+                        await self.project_availability(envelope)
+                    else:
+                        await self.project_broadcast(envelope, updates_superseded(delivery))
+                    self.projected.record(envelope)
+                await self.projected.written(envelope)  # acknowledged only once recorded
 
         return handle
 
@@ -205,9 +214,23 @@ def _event_type(delivery: Delivery) -> str | None:
 
 async def run_projector(resources: Resources, stop: asyncio.Event) -> None:
     """The gateway task: project while this process holds the lease, stand by otherwise."""
+    async with AsyncConnectionPool(
+        resources.conninfo,
+        min_size=RECORD_CONNECTIONS,
+        max_size=RECORD_CONNECTIONS,
+        name="projector-records",
+        kwargs={"autocommit": True},
+        open=False,
+    ) as records:
+        await project_while_leading(resources, records, stop)
+
+
+async def project_while_leading(
+    resources: Resources, records: AsyncConnectionPool[Any], stop: asyncio.Event
+) -> None:
     prefix = resources.settings.redis_key_prefix
     inbox = Inbox(resources.redis, prefix)
-    projector = Projector(resources.pool, inbox)
+    projector = Projector(resources.pool, inbox, records=records)
     handler = projector.handler()
 
     async def project(held: Held) -> None:
