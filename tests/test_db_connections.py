@@ -26,7 +26,7 @@ BURST = 50  # requests in flight at once
 BURST_S = 2.0
 SAMPLE_S = 0.02
 # The least DB_POOL_SIZE each role runs with: relay 3 + pool 1.
-SMALLEST = {"gateway": 4, "broadcast": 4}
+SMALLEST = {"gateway": 5, "broadcast": 4}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_a_db_pool_size_too_small_for_the_roles_stops_the_start(
         check=False,
     )
     assert done.returncode == 2
-    assert "DB_POOL_SIZE=3 is too small for gateway" in done.stderr
+    assert "DB_POOL_SIZE=4 is too small for gateway" in done.stderr
 
 
 def test_connections_carry_tcp_keepalives_and_a_user_timeout(database_url: str) -> None:
