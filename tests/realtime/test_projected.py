@@ -160,9 +160,11 @@ async def test_a_record_whose_write_failed_is_written_once_postgresql_takes_it(
         AsyncConnectionPool(database_url, min_size=1, max_size=2, kwargs=kwargs) as pool,
         await psycopg.AsyncConnection.connect(database_url) as locker,
     ):
+        holder = Projector(pool, Inbox(redis, prefix))
+        assert not await holder.projected.delivered(events[0])  # looked up before the fault
         await locker.execute("LOCK TABLE projected_events IN ACCESS EXCLUSIVE MODE")
         with pytest.raises(RecordNotWritten):  # its writes were refused for RECORD_WAIT_S
-            await project(Projector(pool, Inbox(redis, prefix)), events[:1])
+            await project(holder, events[:1])
         await locker.rollback()
 
         async def recorded() -> bool:
@@ -184,12 +186,13 @@ async def test_an_event_whose_record_was_not_written_is_not_acknowledged_and_rea
     events = await stored(conn)
     kwargs = {"autocommit": True, "options": "-c lock_timeout=100"}
     async with await psycopg.AsyncConnection.connect(database_url) as locker:
-        await locker.execute("LOCK TABLE projected_events IN ACCESS EXCLUSIVE MODE")
         doomed = AsyncConnectionPool(
             database_url, min_size=1, max_size=1, kwargs=kwargs, open=False
         )
         await doomed.open()
         holder = Projector(doomed, Inbox(redis, prefix))
+        assert not await holder.projected.delivered(events[0])  # looked up before the fault
+        await locker.execute("LOCK TABLE projected_events IN ACCESS EXCLUSIVE MODE")
         with pytest.raises(RecordNotWritten):
             await project(holder, events[:1])
         await doomed.close()  # killed: what it kept in memory is gone
@@ -201,3 +204,24 @@ async def test_an_event_whose_record_was_not_written_is_not_acknowledged_and_rea
         await lose_everything(redis, prefix)
         await project(successor, events[:2])
         assert await received(redis, prefix, "customer:c1") == ["broadcasting"]
+
+
+async def test_an_event_postgresql_cannot_look_up_is_not_delivered_again_after_a_redis_loss(
+    database_url: str, redis: Redis, prefix: str, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    """After Redis lost its data (the marks with it), a holder whose lookups PostgreSQL refuses
+    fails a republished event that was delivered before, rather than taking it as new; once
+    PostgreSQL answers, the event is skipped: its messages arrived once."""
+    events = await stored(conn)
+    kwargs = {"autocommit": True, "options": "-c lock_timeout=100"}
+    async with AsyncConnectionPool(database_url, min_size=1, max_size=2, kwargs=kwargs) as pool:
+        await project(Projector(pool, Inbox(redis, prefix)), events[:1])
+        await lose_everything(redis, prefix)
+        successor = Projector(pool, Inbox(redis, prefix))
+        async with await psycopg.AsyncConnection.connect(database_url) as locker:
+            await locker.execute("LOCK TABLE projected_events IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                await project(successor, events[:1])
+            await locker.rollback()
+        await project(successor, events[:1])
+    assert await received(redis, prefix, "customer:c1") == []

@@ -27,9 +27,9 @@ made anew for each):
 Other events (a repeat it forgot, an event committed out of position order, one replayed from
 the dead-letter stream) are looked up, those asked for together in one `SELECT ... = ANY`.
 
-PostgreSQL failing for a lookup answers "not delivered" (and teaches nothing), and the Redis marks,
-the fast path, still keep a redelivered event from reaching its inboxes twice; its record then
-cannot be written either, so delivery on that lane waits for PostgreSQL.
+PostgreSQL failing (after one more try on a fresh connection) fails the event, which the runner
+runs again later: its record could not be written either, and after a Redis loss (the marks
+gone) taking it as new would deliver it twice. So delivery on that lane waits for PostgreSQL.
 """
 
 from __future__ import annotations
@@ -129,23 +129,19 @@ class Projected:
         # version the table said was not delivered): every later version is new.
         self._newest: OrderedDict[str, int] = OrderedDict()
         self._streams_known = streams_known
-        self._unsure: set[int] = set()  # taken as new because PostgreSQL did not answer
 
     async def delivered(self, envelope: Envelope) -> bool:
-        """Whether the event's messages were delivered (False when PostgreSQL did not answer)."""
+        """Whether the event's messages were delivered; PostgreSQL's error when it does not
+        answer (the event is then run again later: after a Redis loss its marks are gone, and
+        taking it as new would deliver it twice)."""
         if envelope.position in self._remembered:
             return True
         newest = self._newest.get(envelope.stream_id)
         if newest is not None and envelope.version > newest:
             return False
-        try:
-            if envelope.position > await self._watermark():
-                return False
-            found = envelope.position in await self._lookup([envelope.position])
-        except _UNAVAILABLE as e:
-            log.warning("projected_lookup_failed", error=str(e))
-            self._unsure.add(envelope.position)
+        if envelope.position > await self._watermark():
             return False
+        found = envelope.position in await self._lookup([envelope.position])
         if found:
             self._remember(envelope.position)
         else:
@@ -161,10 +157,7 @@ class Projected:
             self._writing = asyncio.ensure_future(self._write())
         self._remember(envelope.position)
         self._highest = max(self._highest, envelope.position)
-        if envelope.position in self._unsure:  # it may have been delivered before, and later
-            self._unsure.discard(envelope.position)  # versions with it
-        else:
-            self._learn(envelope.stream_id, envelope.version)
+        self._learn(envelope.stream_id, envelope.version)
 
     async def written(self, envelope: Envelope, wait_s: float = RECORD_WAIT_S) -> None:
         """Return once the event's record is in the table (at once when this lease has none
@@ -225,16 +218,25 @@ class Projected:
             self._newest.popitem(last=False)
 
     async def _read_watermark(self) -> int:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(_WATERMARK)
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        row = await self._on_connection(_WATERMARK)
+        return int(row[0][0]) if row else 0
 
     async def _select(self, positions: list[int]) -> set[int]:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(_DELIVERED, (positions,))
-            return {int(row[0]) for row in await cur.fetchall()}
+        return {int(row[0]) for row in await self._on_connection(_DELIVERED, positions)}
 
     async def _insert(self, positions: list[int]) -> None:
+        await self._on_connection(_RECORD, sorted(set(positions)))
+
+    async def _on_connection(self, query: str, positions: list[int] | None = None) -> list[Any]:
+        """`query`'s rows; tried once more on a connection that broke (a terminated backend is
+        found only when used, and the pool then replaces it)."""
+        params = None if positions is None else (positions,)
+        try:
+            return await self._query(query, params)
+        except psycopg.OperationalError:
+            return await self._query(query, params)
+
+    async def _query(self, query: str, params: tuple[list[int]] | None) -> list[Any]:
         async with self._pool.connection() as conn:
-            await conn.execute(_RECORD, (sorted(set(positions)),))
+            cur = await conn.execute(query, params)
+            return await cur.fetchall() if cur.description else []
