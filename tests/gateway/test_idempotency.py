@@ -143,3 +143,34 @@ async def test_abandoned_in_flight_key_is_taken_over(
         )
         error(retry, 503, "unavailable")
         error(await first, 503, "unavailable")
+
+
+async def test_a_change_whose_key_could_not_be_saved_at_first_is_not_answered_503(
+    api: httpx.AsyncClient, system: Gateway, database_url: str
+) -> None:
+    """A keyed search that took effect, whose response PostgreSQL refuses to store once (a
+    terminated backend, injected by a trigger), is answered its 201 (the write is asked again),
+    never 503 "nothing was changed"; the key then replays it."""
+    key, name = new_id("k"), f"fail_{new_id('s').replace('-', '_')}"
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(f"CREATE SEQUENCE {name}")
+        await conn.execute(
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" IF NEW.key = '{key}' AND nextval('{name}') = 1 THEN"
+            " RAISE EXCEPTION 'injected' USING ERRCODE = '57P01'; END IF; RETURN NEW; END $$"
+        )
+        await conn.execute(
+            f"CREATE TRIGGER {name} BEFORE UPDATE ON idempotency_keys"
+            f" FOR EACH ROW EXECUTE FUNCTION {name}()"
+        )
+        try:
+            headers = keyed(system, new_id("c"), key)
+            first = await api.post("/v1/broadcasts", json=valid_search(), headers=headers)
+            again = await api.post("/v1/broadcasts", json=valid_search(), headers=headers)
+        finally:
+            await conn.execute(f"DROP TRIGGER {name} ON idempotency_keys")
+            await conn.execute(f"DROP FUNCTION {name}()")
+            await conn.execute(f"DROP SEQUENCE {name}")
+    assert first.status_code == 201, first.text
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
