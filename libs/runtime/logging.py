@@ -1,5 +1,5 @@
 """Structured JSON logs with structlog: every line names the service, the instance and, while a
-request or message is handled, its correlation id."""
+request or message is handled, its correlation id. No line holds a credential (`redact.py`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 import uuid
 
 import structlog
+
+from libs.runtime.redact import RedactingJSONRenderer
 
 
 def instance_id(service: str) -> str:
@@ -29,7 +31,7 @@ def configure_logging(service: str, instance: str, level: str = "INFO") -> None:
             *shared,
             _static(service, instance),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            RedactingJSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.WriteLoggerFactory(sys.stdout),
@@ -41,7 +43,7 @@ def configure_logging(service: str, instance: str, level: str = "INFO") -> None:
             processors=[
                 _static(service, instance),
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.JSONRenderer(),
+                RedactingJSONRenderer(),
             ],
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         )

@@ -30,10 +30,12 @@ from libs.events.streams import dead_letter_stream
 from libs.events.trim import grouped_streams, trim_forever
 from libs.runtime.health import health_app
 from libs.runtime.housekeeping import prune_forever
+from libs.runtime.http_head import head_limits
 from libs.runtime.pool_metrics import watch_pool
 from libs.runtime.postgres import POOL_MIN_SIZE, application_name, conninfo, pool_max_size
 from libs.runtime.resp import packing_in_c
 from libs.runtime.settings import Settings
+from libs.runtime.ws_handshake import FinishedRefusals
 
 log = structlog.get_logger(__name__)
 
@@ -173,6 +175,9 @@ async def run_service(spec: ServiceSpec, settings: Settings, instance: str) -> i
         server = _Server(
             uvicorn.Config(
                 spec.app(resources),
+                # Bounded request heads and answered refusals (http_head.py, ws_handshake.py).
+                http=head_limits(settings.http_header_timeout_seconds),
+                ws=FinishedRefusals,
                 log_config=None,
                 access_log=False,
                 lifespan="on",
@@ -183,6 +188,10 @@ async def run_service(spec: ServiceSpec, settings: Settings, instance: str) -> i
                 # Frames are a few hundred bytes; per-socket zlib contexts would double the
                 # memory of an idle connection for little gain.
                 ws_per_message_deflate=False,
+                ws_max_size=4096,  # a client frame over 4 KiB closes with 1009 (CONTRACT.md 7)
+                # X-Forwarded-For only from the proxies named (uvicorn would trust loopback).
+                proxy_headers=bool(settings.forwarded_allow_ips),
+                forwarded_allow_ips=settings.forwarded_allow_ips,
             )
         )
         port = sock.getsockname()[1]

@@ -34,6 +34,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_port: int = 8000
     health_port: int | None = None
     http_keepalive_seconds: int = 130
+    http_header_timeout_seconds: float = 10.0
+    # The peers whose X-Forwarded-For names the client (addresses, CIDRs); by default none.
+    forwarded_allow_ips: str = ""
     db_pool_size: int = 10
     fcm_server_key: str | None = None
     state_dir: Path = Path(".weelo")
@@ -46,6 +49,7 @@ _NUMBERS: dict[str, tuple[str, type[int] | type[float], float]] = {
     "GATEWAY_PORT": ("gateway_port", int, 0),
     "HEALTH_PORT": ("health_port", int, 0),
     "HTTP_KEEPALIVE_SECONDS": ("http_keepalive_seconds", int, 1),
+    "HTTP_HEADER_TIMEOUT_SECONDS": ("http_header_timeout_seconds", float, 0.1),
     "DB_POOL_SIZE": ("db_pool_size", int, 1),
 }
 
@@ -68,6 +72,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ("REDIS_KEY_PREFIX", "redis_key_prefix"),
         ("GATEWAY_HOST", "gateway_host"),
         ("FCM_SERVER_KEY", "fcm_server_key"),
+        ("FORWARDED_ALLOW_IPS", "forwarded_allow_ips"),
     ):
         if name in env:
             values[field] = env[name]

@@ -13,6 +13,8 @@ import msgspec
 Role = Literal["customer", "transporter", "driver"]
 ROLES: tuple[Role, ...] = ("customer", "transporter", "driver")
 SUBJECT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# RFC 7519 NumericDate claims: a JSON number. PyJWT converts strings ("1796170403") itself.
+NUMERIC_DATES = ("exp", "iat", "nbf")
 ACCESS_TTL_S = 3600
 REFRESH_TTL_S = 30 * 24 * 3600
 
@@ -52,9 +54,19 @@ def verify(token: str, secrets: Sequence[str]) -> Principal:
 
 
 def _principal(claims: dict[str, object]) -> Principal:
+    _check_numeric_dates(claims)
     sub, role = claims.get("sub"), claims.get("role")
     if not isinstance(sub, str) or not SUBJECT.match(sub):
         raise InvalidToken("sub is malformed")
     if role not in ROLES:
         raise InvalidToken("role is unknown")
     return Principal(sub=sub, role=role)
+
+
+def _check_numeric_dates(claims: dict[str, object]) -> None:
+    """Each of `exp`, `iat`, `nbf` present is a JSON number (not a string, boolean or null)."""
+    for name in NUMERIC_DATES:
+        if name in claims:
+            value = claims[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidToken(f"{name} is not a NumericDate")

@@ -18,11 +18,12 @@ from libs.events.outcomes import abandoner
 from libs.runtime.health import health_routes
 from libs.runtime.service import Resources
 from services.gateway.auth import KeySource, SettingsKeys
+from services.gateway.auth_failures import AuthFailureLimit
 from services.gateway.config import GatewayConfig, config_from_environ
 from services.gateway.errors import EXCEPTION_HANDLERS
 from services.gateway.http import CommandSender, Deps
 from services.gateway.middleware import RequestContext
-from services.gateway.ratelimit import RateLimiter
+from services.gateway.ratelimit import SharedLimiter
 from services.gateway.reads import TruckRequestIndex
 from services.gateway.realtime.endpoint import realtime_for, socket_route
 from services.gateway.realtime.hub import Hub
@@ -54,16 +55,23 @@ def create_app(
     )
     deps = build_deps(resources, commands, keys or SettingsKeys(resources.settings), config)
     realtime = realtime_for(resources)
-    return Starlette(
+    app = Starlette(
         routes=[
             *health_routes(resources.pool, resources.redis),
             *api_routes(deps),
             socket_route(deps, realtime),
         ],
-        middleware=[Middleware(RequestContext)],
+        middleware=[
+            Middleware(RequestContext),
+            Middleware(AuthFailureLimit, limiter=auth_failure_limiter(resources, config)),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=gateway_lifespan(commands, realtime.hub),
     )
+    # A path that names no route is 404, trailing slash included: Starlette's default answers a
+    # 307 whose Location is built from the Host header (an open redirect).
+    app.router.redirect_slashes = False
+    return app
 
 
 def build_deps(
@@ -75,10 +83,20 @@ def build_deps(
         prefix=resources.settings.redis_key_prefix,
         commands=commands,
         keys=keys,
-        limiter=RateLimiter(config.rate_limit_per_minute),
+        limiter=SharedLimiter(
+            resources.redis,
+            f"{resources.settings.redis_key_prefix}ratelimit:caller:",
+            config.rate_limit_per_minute,
+        ),
         config=config,
         truck_requests=TruckRequestIndex(),
     )
+
+
+def auth_failure_limiter(resources: Resources, config: GatewayConfig) -> SharedLimiter:
+    """Failed authentications per client address, shared by every gateway instance."""
+    prefix = f"{resources.settings.redis_key_prefix}ratelimit:auth-failures:"
+    return SharedLimiter(resources.redis, prefix, config.auth_failures_per_minute)
 
 
 def gateway_lifespan(commands: CommandClient, hub: Hub) -> Lifespan:

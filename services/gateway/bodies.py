@@ -14,7 +14,10 @@ Latitude = Annotated[float, Meta(ge=-90.0, le=90.0)]
 Longitude = Annotated[float, Meta(ge=-180.0, le=180.0)]
 VehicleType = Annotated[str, Meta(pattern=r"^[a-z0-9_]{1,32}$")]
 Id = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-Text = Annotated[str, Meta(max_length=500)]
+# PostgreSQL text cannot hold NUL (U+0000): free text refuses it here, at the edge, as a 422.
+NO_NUL = r"^[^\x00]*$"
+NUL_PROBLEM = "must not contain NUL (\\u0000) characters"
+Text = Annotated[str, Meta(max_length=500, pattern=NO_NUL)]
 
 
 class Body(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
@@ -59,8 +62,8 @@ class VehicleBody(Body, frozen=True, kw_only=True):
 
 
 class DriverBody(Body, frozen=True, kw_only=True):
-    name: Annotated[str, Meta(min_length=1, max_length=100)]
-    phone: Annotated[str, Meta(min_length=1, max_length=32)]
+    name: Annotated[str, Meta(min_length=1, max_length=100, pattern=NO_NUL)]
+    phone: Annotated[str, Meta(min_length=1, max_length=32, pattern=NO_NUL)]
 
 
 class AssignDriverBody(Body, frozen=True, kw_only=True):
@@ -73,7 +76,7 @@ class AvailabilityBody(Body, frozen=True, kw_only=True):
 
 
 class RefreshBody(Body, frozen=True, kw_only=True):
-    refresh_token: Annotated[str, Meta(min_length=1, max_length=4096)]
+    refresh_token: Annotated[str, Meta(min_length=1, max_length=4096, pattern=NO_NUL)]
 
 
 B = TypeVar("B", bound=Body)
@@ -92,6 +95,10 @@ def decode(raw: bytes, kind: type[B], *, empty_ok: bool = False) -> B:
         raise invalid(*field_problem(str(e))) from e
     except msgspec.DecodeError as e:
         raise invalid("body", f"not valid JSON: {e}") from e
+    except UnicodeDecodeError as e:  # msgspec raises it for a string that is not UTF-8
+        raise invalid("body", "not valid JSON: a string is not valid UTF-8") from e
+    except RecursionError as e:
+        raise invalid("body", "not valid JSON: nested too deeply") from e
 
 
 def field_problem(message: str) -> tuple[str, str]:
@@ -99,6 +106,8 @@ def field_problem(message: str) -> tuple[str, str]:
     match = _AT.match(message)
     problem = match["problem"] if match else message
     path = (match["path"] if match else None) or ""
+    if repr(NO_NUL) in problem:
+        problem = NUL_PROBLEM
     named = _NAMED.search(problem)
     if named:
         path = f"{path}.{named['name']}"

@@ -22,7 +22,7 @@ from libs.runtime.tokens import Principal, Role
 from services.gateway.auth import KeySource, bearer_principal, require_role
 from services.gateway.config import GatewayConfig
 from services.gateway.errors import ApiError, ChangedButUnread, not_found, refused
-from services.gateway.ratelimit import RateLimiter
+from services.gateway.ratelimit import SharedLimiter, rate_limited
 from services.gateway.reads import TruckRequestIndex
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -53,7 +53,7 @@ class Deps:
     prefix: str
     commands: CommandSender
     keys: KeySource
-    limiter: RateLimiter
+    limiter: SharedLimiter
     config: GatewayConfig
     truck_requests: TruckRequestIndex
 
@@ -148,13 +148,11 @@ def correlation_id(request: Request) -> str:
     return found if isinstance(found, str) else uuid.uuid4().hex
 
 
-def rate_limit(deps: Deps, caller: str) -> None:
-    wait_s = deps.limiter.take(caller)
+async def rate_limit(deps: Deps, caller: str) -> None:
+    """429 when `caller` is past its limit (shared by every gateway instance)."""
+    wait_s = await deps.limiter.take(caller)
     if wait_s > 0:
-        retry_after = str(max(1, int(wait_s + 0.999)))
-        raise ApiError(
-            429, "rate_limited", "Too many requests", headers={"Retry-After": retry_after}
-        )
+        raise rate_limited(wait_s)
 
 
 def endpoint(
@@ -166,7 +164,7 @@ def endpoint(
     async def run(request: Request) -> Response:
         principal = bearer_principal(request, deps.keys)
         require_role(principal, roles)
-        rate_limit(deps, f"{principal.role}:{principal.sub}")
+        await rate_limit(deps, f"{principal.role}:{principal.sub}")
         body = await read_body(request, deps.config.max_body_bytes)
         call = Call(request, principal, deps, body, correlation_id(request))
         return await wrapped(call)

@@ -26,10 +26,13 @@ COMMAND_IDS = uuid.UUID("5b0f6a4e-3c0e-4d53-9a55-6b8f3f0c2d11")
 
 
 def request_hash(call: Call) -> str:
-    """Hash of method, path and body (JSON canonicalised, so key order does not matter)."""
+    """Hash of method, path and body (JSON canonicalised, so key order does not matter).
+
+    A body that is not JSON (not UTF-8, nested too deeply for the decoder, ...) is hashed as
+    its bytes; the handler then refuses it with a 422 like any other malformed body."""
     try:
         body = msgspec.json.encode(msgspec.json.decode(call.body), order="sorted")
-    except (msgspec.DecodeError, msgspec.EncodeError):
+    except (msgspec.MsgspecError, ValueError, RecursionError):
         body = call.body
     head = f"{call.request.method} {call.request.url.path}\n".encode()
     return hashlib.sha256(head + body).hexdigest()
@@ -68,7 +71,9 @@ def replay(stored: rows.Stored) -> Response:
 async def _run_claimed(
     handler: Handler, call: Call, use: rows.KeyUse, claimed: rows.Claimed
 ) -> Response:
-    """Run the claimed request; keep its response, or free the key after a 5xx."""
+    """Run the claimed request; keep its response, or free the key after a 5xx. Once the
+    request made its change, a database failing that write is asked again (`Call.read`), never
+    answered 503: that would say nothing was changed."""
     try:
         response = await handler(call)
     except Exception as e:
@@ -78,10 +83,9 @@ async def _run_claimed(
             async with call.connection() as conn:
                 await rows.release(conn, use, claimed)
         raise
-    async with call.connection() as conn:
-        if response.status_code >= 500:
-            await rows.release(conn, use, claimed)
-        else:
-            stored = rows.Stored(response.status_code, bytes(response.body))
-            await rows.save(conn, use, claimed, stored)
+    if response.status_code >= 500:
+        await call.read(lambda conn: rows.release(conn, use, claimed))
+    else:
+        stored = rows.Stored(response.status_code, bytes(response.body))
+        await call.read(lambda conn: rows.save(conn, use, claimed, stored))
     return response

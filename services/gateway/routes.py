@@ -86,7 +86,7 @@ def refresh_endpoint(deps: Deps) -> Endpoint:
     async def refresh(request: Request) -> Response:
         body = decode(await read_body(request, deps.config.max_body_bytes), RefreshBody)
         principal = refresh_principal(body.refresh_token, deps.keys)
-        rate_limit(deps, f"{principal.role}:{principal.sub}")
+        await rate_limit(deps, f"{principal.role}:{principal.sub}")
         access, refresh_token = token_pair(principal, deps.keys)
         return json_response({"accessToken": access, "refreshToken": refresh_token})
 

@@ -1,13 +1,16 @@
-"""Pure pieces of the gateway: the token bucket, msgspec error paths, the search hash."""
+"""Pure pieces of the gateway: the rate limit buckets, msgspec error paths, the search hash."""
 
 from __future__ import annotations
 
 import msgspec
 import pytest
+from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
+from libs.runtime.probes import free_port
 from services.gateway.bodies import CreateBroadcastBody, field_problem
 from services.gateway.broadcasts import search_hash
-from services.gateway.ratelimit import RateLimiter
+from services.gateway.ratelimit import REDIS_RETRY_S, RateLimiter, SharedLimiter
 from services.gateway.reads import TruckRequestIndex
 
 
@@ -29,6 +32,24 @@ def test_bucket_allows_a_burst_then_waits_for_refill() -> None:
     clock.now += 1.0
     assert limiter.take("a") == 0
     assert limiter.take("a") > 0
+
+
+async def test_shared_limiter_counts_in_process_while_redis_is_unreachable() -> None:
+    """With nothing listening at the Redis URL the limit is counted in-process, logged once,
+    and Redis is asked again (logged again) only after REDIS_RETRY_S."""
+    clock = Clock()
+    redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    limiter = SharedLimiter(redis, "unit:", 3, clock)
+    try:
+        with capture_logs() as logs:
+            waits = [await limiter.take("a") for _ in range(4)]
+            clock.now += REDIS_RETRY_S
+            assert await limiter.take("b") == 0
+    finally:
+        await redis.aclose()
+    assert waits[:3] == [0, 0, 0] and waits[3] > 0
+    mine = [e["event"] for e in logs if e["event"].startswith("rate_limit")]
+    assert mine == ["rate_limit_in_process"] * 2
 
 
 @pytest.mark.parametrize(

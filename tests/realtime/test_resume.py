@@ -8,9 +8,11 @@ import signal
 import httpx
 import psycopg
 import pytest
+from redis.asyncio import Redis
 
 from libs.events.catalogue import DriverAvailabilityChanged
 from libs.events.store import append
+from services.gateway.realtime.inbox import Inbox
 from tests.realtime import actions as act
 from tests.realtime import expect as e
 from tests.realtime.conftest import System, new_id
@@ -138,6 +140,34 @@ async def test_resync_required_when_ahead_of_the_inbox(
         await ahead.quiet(2)
         await ahead.close()
     await witness.close()
+
+
+async def test_resync_required_when_redis_lost_the_entry_resumed_from(
+    api: httpx.AsyncClient, system: System, redis_url: str
+) -> None:
+    """Redis lost a user's newest inbox entries (a replica promoted before it caught up) and
+    newer ones came after: a lastEventId of a lost entry lies between the oldest and the
+    newest, yet a replay after it would miss the other lost entry, so it gets
+    {"type": "resync_required"} first, then live messages."""
+    transporter = new_id("t")
+    driver_id = await act.driver(api, system, transporter)
+    witness = await system.connect("transporter", transporter, 0)
+    for online in (True, False, True, False):
+        await act.availability(api, system, driver_id, online)
+    frames = await witness.count(4)
+    client = Redis.from_url(redis_url)
+    inbox = Inbox(client, system.env["REDIS_KEY_PREFIX"])
+    lost = [frames[1]["eventId"], frames[2]["eventId"]]
+    await client.xdel(inbox.stream(f"transporter:{transporter}"), *lost)
+    resumed = await system.connect("transporter", transporter, 1, lastEventId=lost[0])
+    assert await resumed.count(1) == [{"type": "resync_required"}]
+    await act.availability(api, system, driver_id, True)
+    live = (await witness.count(5))[4]
+    assert await resumed.count(2) == [{"type": "resync_required"}, live]
+    await resumed.quiet(2)
+    for socket in (witness, resumed):
+        await socket.close()
+    await client.aclose()
 
 
 async def test_killed_gateways_lose_nothing(api: httpx.AsyncClient, system: System) -> None:

@@ -7,7 +7,8 @@ While catching up, live frames are held and sent after the replay.
 
 A connection whose send buffer (`sender.py`) or held frames pass `max_pending` (the client
 reads too slowly or is gone) is dropped: nothing more is buffered and the socket is closed with
-`LAGGING_CLOSE`; the client resumes with `lastEventId`.
+`LAGGING_CLOSE`; the client resumes with `lastEventId`. One closed because its user opened
+more sockets on this process than the hub allows gets `REPLACED_CLOSE` (`Hub.opened`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ log = structlog.get_logger(__name__)
 DROPPED = Counter(
     "weelo_gateway_sockets_dropped_total", "WebSockets closed because their client read too slowly"
 )
+REPLACED = Counter(
+    "weelo_gateway_sockets_replaced_total",
+    "WebSockets closed because their user opened more than the most one process holds",
+)
 
 LAGGING_CLOSE = 4008
+REPLACED_CLOSE = 4009
 TRY_AGAIN_CLOSE = 1013
 PAGE = 100
 
@@ -115,10 +121,11 @@ class Connection:
     async def catch_up(self, inbox: Inbox, after: StreamId, *, check_gap: bool) -> None:
         """Send what the inbox holds after `after`, then what arrived live meanwhile.
 
-        With `check_gap` (`after` is the client's `lastEventId`), an `after` outside what the
-        inbox holds gets `resync_required` and the connection goes live: older than its oldest
-        entry (messages were trimmed away), or newer than its newest (no message ever had it:
-        replayed after, every live frame would be dropped as already sent).
+        With `check_gap` (`after` is the client's `lastEventId`), an `after` that is not an entry
+        the inbox holds gets `resync_required` and the connection goes live: older than its
+        oldest entry (messages were trimmed away), newer than its newest (no message ever had
+        it: replayed after, every live frame would be dropped as already sent), or lost by Redis
+        with the messages around it.
         """
         if self._held is None:
             self._held = []
@@ -164,6 +171,13 @@ class Connection:
             log.warning("socket_lagging_dropped", user=self.user, last_id=format_id(self.last_id))
             self.close(LAGGING_CLOSE, "too slow: reconnect with lastEventId")
 
+    def close_replaced(self) -> None:
+        """Close the socket for a newer one of its user (it had more than the hub allows)."""
+        if not self.closed:
+            REPLACED.inc()
+            log.info("socket_replaced", user=self.user)
+            self.close(REPLACED_CLOSE, "replaced: too many sockets for this user")
+
     def close(self, code: int, reason: str) -> None:
         """Send nothing more and close the socket (its receive loop then ends)."""
         self._held = []
@@ -171,6 +185,8 @@ class Connection:
 
 
 async def _held_by(inbox: Inbox, user: str, after: StreamId) -> bool:
-    """Whether `after` lies within the user's inbox: from its oldest entry to its newest."""
-    first, newest = await asyncio.gather(inbox.first_id(user), inbox.last_id(user))
-    return first is not None and first <= after <= newest
+    """Whether `after` is an entry the user's inbox still holds. Not only within its range: an
+    entry Redis lost (only its newest writes, then the projector wrote newer ones) leaves
+    `after` between the oldest and the newest, and a replay after it would miss what was lost
+    with it."""
+    return await inbox.holds(user, after)

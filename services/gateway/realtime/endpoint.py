@@ -7,7 +7,11 @@
 3. The socket is accepted; the inbox is replayed after `lastEventId` (or after its newest entry
    when there is none), `resync_required` first when `lastEventId` is no id within the inbox
    (older than its oldest entry, newer than its newest, or malformed).
-4. Client `{"type": "ping"}` gets `{"type": "pong"}`; anything else from the client is ignored.
+4. Once accepted, the user's oldest socket on this process is closed when it holds more than
+   `HubConfig.max_sockets_per_user` (`Hub.opened`).
+5. Client `{"type": "ping"}` gets `{"type": "pong"}`; anything else from the client is ignored,
+   however deeply nested. A client message over 4 KiB never reaches here: uvicorn closes the
+   socket with 1009 (`ws_max_size`, `libs/runtime/service.py`).
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ def socket_route(deps: Deps, realtime: Realtime) -> WebSocketRoute:
     async def endpoint(ws: WebSocket) -> None:
         try:
             principal = socket_principal(ws, deps.keys)
-            rate_limit(deps, f"{principal.role}:{principal.sub}")
+            await rate_limit(deps, f"{principal.role}:{principal.sub}")
         except ApiError as e:
             await deny(ws, e)
             return
@@ -112,6 +116,7 @@ def socket_route(deps: Deps, realtime: Realtime) -> WebSocketRoute:
             return
         try:
             await ws.accept()
+            hub.opened(conn)
             conn.catch_up_soon(inbox, start, check_gap=check_gap)
             await _serve(ws, conn, hub, principal)
         except asyncio.CancelledError:
@@ -152,9 +157,11 @@ def _uncancel() -> None:
 
 
 def _is_ping(text: str | None) -> bool:
+    """Whether a client frame is `{"type": "ping"}`. A frame nested deeper than the decoder
+    follows (it skips unknown fields by recursion) is no ping either."""
     if text is None:
         return False
     try:
         return _client_decoder.decode(text).type == "ping"
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return False

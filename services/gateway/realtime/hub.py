@@ -5,7 +5,8 @@ the user's first socket, unsubscribed after the last) and hands each published f
 user's connections without waiting on any of them. A socket is attached only once Redis has
 confirmed its subscription, so a replay read after that misses nothing. When the pub/sub
 connection is re-established, every connection catches up from its inbox, so frames published
-while it was down are not lost.
+while it was down are not lost. A user holds at most `max_sockets_per_user` accepted sockets on
+the process: one more closes the oldest (`opened`).
 
 It also keeps the heartbeats of the drivers with a socket here (`heartbeats.py`) and the garbage
 collector's pauses short (`heap.py`).
@@ -42,6 +43,7 @@ SOCKETS = Gauge("weelo_gateway_sockets", "Open WebSockets on this gateway proces
 @dataclass(frozen=True)
 class HubConfig:
     max_pending: int = 256
+    max_sockets_per_user: int = 10  # on this process; one more closes the user's oldest
     presence_ttl_s: float = 30.0
     reconnect_s: float = 0.5
     subscribe_timeout_s: float = 5.0
@@ -51,6 +53,7 @@ class HubConfig:
 class _Subscription:
     confirmed: asyncio.Future[None]
     connections: set[Connection] = field(default_factory=set)
+    accepted: dict[Connection, None] = field(default_factory=dict)  # oldest first
 
 
 class Hub:
@@ -106,6 +109,19 @@ class Hub:
             self.detach(conn)
             raise
 
+    def opened(self, conn: Connection) -> None:
+        """`conn`'s socket was accepted: close the user's oldest ones past the most allowed.
+        The oldest, not the newest: the socket a client just opened is the one it uses (an old
+        one may be a phone's on a network it left, open here until its pings time out)."""
+        sub = self._subs.get(conn.user)
+        if sub is None or conn not in sub.connections:
+            return
+        sub.accepted[conn] = None
+        while len(sub.accepted) > self.config.max_sockets_per_user:
+            oldest = next(iter(sub.accepted))
+            self.detach(oldest)
+            oldest.close_replaced()
+
     def resync_all(self) -> int:
         """Send `resync_required` to every socket here; how many."""
         connections = [c for sub in self._subs.values() for c in sub.connections]
@@ -118,6 +134,7 @@ class Hub:
         if sub is None or conn not in sub.connections:
             return
         sub.connections.discard(conn)
+        sub.accepted.pop(conn, None)
         SOCKETS.dec()
         if not sub.connections:
             del self._subs[conn.user]

@@ -72,12 +72,23 @@ class InboxConfig:
     users_per_call: int = 200
 
 
+LARGEST_PART = 2**64 - 1  # each part of a stream id is a 64-bit unsigned integer in Redis
+
+
 def parse_id(raw: str) -> StreamId:
-    """`1700000000000-3` as a comparable pair; ValueError for anything else."""
+    """`1700000000000-3` as a comparable pair; ValueError for anything else, a part past
+    `LARGEST_PART` included (Redis refuses such an id in every command)."""
     ms, dash, seq = raw.partition("-")
-    if not (ms.isdigit() and (not dash or seq.isdigit())):
-        raise ValueError(f"not a stream id: {raw!r}")
-    return int(ms), int(seq or 0)
+    if _digits(ms) and (not dash or _digits(seq)):
+        pair = int(ms), int(seq or 0)
+        if max(pair) <= LARGEST_PART:
+            return pair
+    raise ValueError(f"not a stream id: {raw!r}")
+
+
+def _digits(text: str) -> bool:
+    """1-20 ASCII digits (`LARGEST_PART` has 20)."""
+    return text.isascii() and text.isdigit() and len(text) <= 20
 
 
 def format_id(value: StreamId) -> str:
@@ -172,11 +183,12 @@ class Inbox:
             )
         return [(_s(i), fields[b"f"]) for i, fields in entries]
 
-    async def first_id(self, user: str) -> StreamId | None:
-        """The oldest id the inbox still holds; None when it holds nothing."""
+    async def holds(self, user: str, entry: StreamId) -> bool:
+        """Whether the user's inbox holds the entry `entry`."""
+        at = format_id(entry)
         async with self._calls:
-            entries: Any = await self._redis.xrange(self.stream(user), "-", "+", count=1)
-        return parse_id(_s(entries[0][0])) if entries else None
+            entries: Any = await self._redis.xrange(self.stream(user), at, at, count=1)
+        return bool(entries)
 
     async def last_id(self, user: str) -> StreamId:
         """The newest id in the inbox, (0, 0) when empty: a new socket's starting point."""

@@ -41,7 +41,7 @@ from typing import Any
 
 import psycopg
 import structlog
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from libs.events.catalogue import Envelope
 
@@ -181,6 +181,9 @@ class Projected:
                 positions, self._unwritten = self._unwritten, []
                 try:
                     await self._insert(positions)
+                except PoolClosed:  # the process is stopping: nothing left to write them with
+                    log.warning("projected_not_recorded", events=len(positions))
+                    return
                 except _UNAVAILABLE as e:  # kept, and written with the next ones
                     log.warning("projected_not_recorded_yet", events=len(positions), error=str(e))
                     self._unwritten = positions + self._unwritten
