@@ -127,3 +127,27 @@ def test_connections_carry_tcp_keepalives_and_a_user_timeout(database_url: str) 
             ]
     assert name == ("weelo-test",)
     assert options == [1, 10, 5, 3, 25_000]
+
+
+def test_a_transaction_left_idle_releases_its_row_locks_within_about_a_second(
+    database_url: str,
+) -> None:
+    """A service connection that locks a row and then says nothing more (its process frozen)
+    is ended by PostgreSQL after `IDLE_IN_TRANSACTION_MS`, so another writer of that row waits
+    about that long, not for as long as the freeze lasts."""
+    with psycopg.connect(database_url, autocommit=True) as setup:
+        setup.execute("CREATE TABLE IF NOT EXISTS idle_lock_probe (id int PRIMARY KEY, n int)")
+        setup.execute("INSERT INTO idle_lock_probe VALUES (1, 0) ON CONFLICT DO NOTHING")
+    frozen = psycopg.connect(postgres.conninfo(database_url, "weelo-test-frozen"))
+    try:
+        frozen.execute("SELECT n FROM idle_lock_probe WHERE id = 1 FOR UPDATE")
+        with psycopg.connect(database_url, autocommit=True) as other:
+            other.execute("SET lock_timeout = '10s'")
+            began = time.monotonic()
+            other.execute("UPDATE idle_lock_probe SET n = n + 1 WHERE id = 1")
+            waited = time.monotonic() - began
+    finally:
+        frozen.close()
+        with psycopg.connect(database_url, autocommit=True) as setup:
+            setup.execute("DROP TABLE idle_lock_probe")
+    assert waited < postgres.IDLE_IN_TRANSACTION_MS / 1000 + 1.0, f"waited {waited:.1f} s"

@@ -4,7 +4,11 @@ connections the process may hold (`DB_POOL_SIZE`, CONTRACT.md section 1).
 TCP keepalives and a TCP user timeout let a connection whose server vanished (a failover, a
 dropped NAT entry) fail within about 25 s instead of hanging for the kernel's two hours; the
 application name (`weelo-<service>-<pid>`) shows in `pg_stat_activity` which process holds
-which connection.
+which connection. A transaction left idle for `IDLE_IN_TRANSACTION_MS` (its process frozen,
+stalled, or gone without the server noticing) is ended by PostgreSQL, so the row locks it holds
+cannot stop others for longer: a frozen command executor holding a broadcast's row made a
+timer's expiry of that broadcast wait the whole freeze, 8 s (the chaos soak of 2026-12-01 23:51).
+Every transaction here runs its statements back to back, so no healthy one is that idle.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ KEEPALIVES_COUNT = 3
 # Unacknowledged data fails the connection after as long as the keepalives take to give up.
 TCP_USER_TIMEOUT_MS = (KEEPALIVES_IDLE_S + KEEPALIVES_INTERVAL_S * KEEPALIVES_COUNT) * 1000
 POOL_MIN_SIZE = 2
+IDLE_IN_TRANSACTION_MS = 1000
 
 
 def application_name(role: str) -> str:
@@ -37,6 +42,7 @@ def connection_kwargs(name: str) -> dict[str, str | int]:
         "keepalives_interval": KEEPALIVES_INTERVAL_S,
         "keepalives_count": KEEPALIVES_COUNT,
         "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+        "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
     }
 
 
