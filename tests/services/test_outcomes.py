@@ -5,8 +5,10 @@ broadcast and acceptance processes, real PostgreSQL and Redis)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -131,6 +133,21 @@ async def _pending_in(redis: Redis, stream: str, entries: int) -> bool:
     return bool(groups) and all(int(g["lag"] or 0) >= entries for g in groups)
 
 
+@contextlib.asynccontextmanager
+async def _settling(
+    redis: Redis, prefix: str, database_url: str
+) -> AsyncIterator[tuple[CommandClient, AsyncConnectionPool[Any]]]:
+    """A started client that settles unanswered or `unavailable` commands in PostgreSQL, and
+    the pool it settles them on."""
+    async with AsyncConnectionPool(database_url, open=False, kwargs={"autocommit": True}) as pool:
+        client = CommandClient(redis, prefix, "settling", abandon=abandoner(pool))
+        await client.start()
+        try:
+            yield client, pool
+        finally:
+            await client.close()
+
+
 NO_TABLES = "-c search_path=nowhere"
 
 
@@ -151,16 +168,11 @@ async def test_a_service_that_cannot_reach_postgresql_for_a_retry_does_not_deny_
     claim = AcceptSlots(
         transporter_id=transporter, broadcast_id=broadcast, vehicle_type="open_17ft"
     )
-    async with AsyncConnectionPool(database_url, open=False, kwargs={"autocommit": True}) as pool:
-        settling = CommandClient(redis, module_prefix, "settling", abandon=abandoner(pool))
-        await settling.start()
-        try:
-            with services(["acceptance"], env):
-                won = ok(await settling.send(claim, command_id="retried-blind"), AcceptResult)
-            with services(["acceptance"], _without_tables(env)):
-                again = await settling.send(claim, command_id="retried-blind")
-        finally:
-            await settling.close()
+    async with _settling(redis, module_prefix, database_url) as (settling, _pool):
+        with services(["acceptance"], env):
+            won = ok(await settling.send(claim, command_id="retried-blind"), AcceptResult)
+        with services(["acceptance"], _without_tables(env)):
+            again = await settling.send(claim, command_id="retried-blind")
     assert again.failure is None, again.failure
     assert again.replayed and ok(again, AcceptResult) == won
     assert await _slots_of(database_url, broadcast, transporter) == 1
@@ -177,14 +189,9 @@ async def test_an_unavailable_reply_abandons_the_attempt_before_it_is_believed(
     claim = AcceptSlots(
         transporter_id=transporter, broadcast_id=broadcast, vehicle_type="open_17ft"
     )
-    async with AsyncConnectionPool(database_url, open=False, kwargs={"autocommit": True}) as pool:
-        settling = CommandClient(redis, module_prefix, "settling", abandon=abandoner(pool))
-        await settling.start()
-        try:
-            with services(["acceptance"], _without_tables(env)), pytest.raises(CommandTimeout):
-                await settling.send(claim, command_id="refused-blind")
-        finally:
-            await settling.close()
+    async with _settling(redis, module_prefix, database_url) as (settling, pool):
+        with services(["acceptance"], _without_tables(env)), pytest.raises(CommandTimeout):
+            await settling.send(claim, command_id="refused-blind")
         async with pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT reply IS NULL, cardinality(abandoned) FROM command_results"
