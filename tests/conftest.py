@@ -19,13 +19,68 @@ import psycopg
 import pytest
 from redis.asyncio import Redis
 
-from libs.runtime.probes import scratch_database
+from libs.local.probes import scratch_database
 from tests.keys import forget_keys
 from tests.processes import DB_POOL_SIZE
 
 RUN = uuid.uuid4().hex[:8]
 _prefixes = itertools.count()
 _databases = itertools.count()
+
+# What a test needs gives it one of three markers (pyproject.toml describes them), read from the
+# fixtures it uses, however indirectly: `process` if it starts processes, else `integration` if
+# it needs a real server, else `pure`. Every PostgreSQL and Redis fixture reaches `_servers`; the
+# deploy tests' Secrets Manager is `moto_endpoint`'s server. The environments made for `weelo`
+# processes, and the gateway tests' shared `system`, start processes. A test that starts one in
+# its own code carries `@pytest.mark.process`.
+SERVER_FIXTURES = frozenset({"_servers", "moto_endpoint"})
+PROCESS_FIXTURES = frozenset({"service_env", "service_env_module", "cli_env", "system"})
+# The same by hand, as "file::test", for modules being reworked (tests/deploy, tests/realtime):
+# markers in the modules themselves once that lands. Processes they run with no fixture to tell:
+PROCESS_TESTS = frozenset(
+    {
+        "test_stack.py::test_cfn_lint_passes_with_the_weelo_rules",
+        "test_stack.py::test_weelo_rules_catch_a_weakened_stack",
+        "test_container_files.py::test_hadolint_refuses_a_shell_form_entrypoint",
+    }
+)
+# ... and integration tests that wait seconds by design (a lock timeout, a refresh interval):
+SLOW_TESTS = frozenset(
+    {
+        "test_projected.py::test_a_delivery_that_failed_is_delivered_when_run_again",
+        "test_projected.py::test_a_record_whose_write_failed_is_written_once_postgresql_takes_it",
+        "test_projected.py::"
+        "test_an_event_whose_record_was_not_written_is_not_acknowledged_and_reaches_users_once",
+        "test_keyring.py::test_rotation_is_picked_up_after_the_refresh_interval",
+        "test_order.py::test_a_failing_projection_holds_back_its_broadcast_and_no_other",
+    }
+)
+
+
+def kind_of(item: pytest.Item) -> str:
+    """`process`, `integration` or `pure`: what the test needs (see above)."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    marked = {mark.name for mark in item.iter_markers()}
+    if "process" in marked or fixtures & PROCESS_FIXTURES or _named(item) in PROCESS_TESTS:
+        return "process"
+    if "integration" in marked or fixtures & SERVER_FIXTURES:
+        return "integration"
+    return "pure"
+
+
+def _named(item: pytest.Item) -> str:
+    return f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        kind = kind_of(item)
+        if item.get_closest_marker("pure") and kind != "pure":
+            raise pytest.UsageError(f"{item.nodeid} is marked pure but is {kind}")
+        item.add_marker(kind)
+        if _named(item) in SLOW_TESTS:
+            item.add_marker("slow")
 
 
 def _docker_available() -> bool:
@@ -54,7 +109,7 @@ def _servers() -> Iterator[tuple[str, str]]:
                 container = stack.enter_context(RedisContainer("redis:7"))
                 redis = f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
         if not (pg and redis):
-            from libs.runtime.embedded import embedded_postgres, embedded_redis
+            from libs.local.embedded import embedded_postgres, embedded_redis
 
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="weelo-test-")))
             pg = pg or stack.enter_context(embedded_postgres(root / "postgres"))
@@ -120,20 +175,24 @@ async def conn(database_url: str) -> AsyncIterator[psycopg.AsyncConnection[tuple
         yield c
 
 
-@pytest.fixture
-def service_env(database_url: str, redis_url: str, prefix: str, tmp_path: Path) -> dict[str, str]:
-    """Environment for running `weelo` commands as real processes against the test servers."""
+def _service_env(database_url: str, redis_url: str, prefix: str, state: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "PYTEST_"))}
     env.update(
         DATABASE_URL=database_url,
         REDIS_URL=redis_url,
         REDIS_KEY_PREFIX=prefix,
-        WEELO_STATE_DIR=str(tmp_path / "state"),
+        WEELO_STATE_DIR=str(state),
         JWT_SECRET="test-access-secret-of-thirty-two-bytes-" + RUN,
         JWT_REFRESH_SECRET="test-refresh-secret-of-thirty-two-bytes-" + RUN,
         DB_POOL_SIZE=DB_POOL_SIZE,
     )
     return env
+
+
+@pytest.fixture
+def service_env(database_url: str, redis_url: str, prefix: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for running `weelo` commands as real processes against the test servers."""
+    return _service_env(database_url, redis_url, prefix, tmp_path / "state")
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +206,4 @@ def service_env_module(
     database_url: str, redis_url: str, module_prefix: str, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, str]:
     """Like `service_env`, for service processes shared by a whole test module."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "PYTEST_"))}
-    env.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        REDIS_KEY_PREFIX=module_prefix,
-        WEELO_STATE_DIR=str(tmp_path_factory.mktemp("state")),
-        JWT_SECRET="test-access-secret-of-thirty-two-bytes-" + RUN,
-        JWT_REFRESH_SECRET="test-refresh-secret-of-thirty-two-bytes-" + RUN,
-        DB_POOL_SIZE=DB_POOL_SIZE,
-    )
-    return env
+    return _service_env(database_url, redis_url, module_prefix, tmp_path_factory.mktemp("state"))

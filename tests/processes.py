@@ -1,4 +1,5 @@
-"""Running services as real processes in tests, and waiting until they answer /health."""
+"""Running services as real processes in tests, and waiting until they answer /health: the one
+place that knows how the suite starts `weelo` (and the free port each process listens on)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from libs.runtime.probes import free_port
-from libs.runtime.probes import healthy as probe
+from libs.local.probes import free_port
+from libs.local.probes import healthy as probe
 
 __all__ = [
     "DB_POOL_SIZE",
@@ -21,8 +22,12 @@ __all__ = [
     "environment",
     "free_port",
     "healthy",
+    "run_weelo",
     "services",
+    "start_service",
+    "terminate",
     "wait_healthy",
+    "weelo_command",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +35,58 @@ ROOT = Path(__file__).resolve().parent.parent
 # module's cluster beside the gateway tests' shared system) against a PostgreSQL whose
 # max_connections (100) other runs share.
 DB_POOL_SIZE = "6"
+
+
+def weelo_command(*args: str) -> list[str]:
+    """The command line of `weelo ARGS...` from this checkout, on the suite's interpreter (run it
+    with `cwd=ROOT`)."""
+    return [sys.executable, "-m", "libs.cli", *args]
+
+
+def run_weelo(
+    env: Mapping[str, str], *args: str, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `weelo ARGS...` to its end; its exit code and output (as text)."""
+    return subprocess.run(
+        weelo_command(*args),
+        env=dict(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def start_service(
+    name: str, env: Mapping[str, str], log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`weelo run NAME` in the background; its output (stdout and stderr) appended to `log` when
+    one is given, else where the test's own goes."""
+    if log is None:
+        return subprocess.Popen(weelo_command("run", name), env=dict(env), cwd=ROOT)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            weelo_command("run", name),
+            env=dict(env),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def terminate(
+    proc: subprocess.Popen[bytes], timeout: float = 30.0, sig: int = signal.SIGTERM
+) -> int:
+    """Send `sig` unless the process has exited, wait up to `timeout` s for it and kill it if it
+    overstays; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def healthy(port: int, path: str = "/health") -> bool:
@@ -55,20 +112,10 @@ class Service:
     def __init__(self, name: str, env: dict[str, str], port: int | None = None) -> None:
         self.name, self.port = name, port or free_port()
         key = "GATEWAY_PORT" if name == "gateway" else "HEALTH_PORT"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "libs.runtime.cli", "run", name],
-            env={**env, key: str(self.port)},
-            cwd=ROOT,
-        )
+        self.proc = start_service(name, {**env, key: str(self.port)})
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return terminate(self.proc, timeout, sig)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ RUN_DIR = ROOT / ".weelo" / "chaos"
 
 @pytest.mark.chaos
 @pytest.mark.timeout(480)
+@pytest.mark.process  # the soak's cluster of service processes
 async def test_chaos_soak_breaks_no_promise(_servers: tuple[str, str]) -> None:
     """Under a random (seeded) fault every few seconds, no request, record or message breaks the
     contract: the checker counts zero violations."""

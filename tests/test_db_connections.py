@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -20,13 +18,13 @@ import psycopg
 import pytest
 
 from libs.runtime import postgres
-from tests.processes import ROOT, Service, environment, wait_healthy
+from tests.processes import Service, environment, run_weelo, wait_healthy
 
 BURST = 50  # requests in flight at once
 BURST_S = 2.0
 SAMPLE_S = 0.02
-# The least DB_POOL_SIZE each role runs with: relay 3 + pool 1.
-SMALLEST = {"gateway": 5, "broadcast": 4}
+# The least DB_POOL_SIZE each role runs with: relay 3 + pool 1 (+ 1 for the fan-out's records).
+SMALLEST = {"gateway": 4, "broadcast": 4, "fanout": 5}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +78,7 @@ async def connections_during_burst(database_url: str, port: int) -> list[list[st
     return samples
 
 
-@pytest.mark.parametrize("service", ["gateway", "broadcast"], indirect=True)
+@pytest.mark.parametrize("service", ["gateway", "broadcast", "fanout"], indirect=True)
 async def test_a_burst_keeps_a_process_within_db_pool_size(
     service: Service, database_url: str
 ) -> None:
@@ -95,19 +93,11 @@ async def test_a_burst_keeps_a_process_within_db_pool_size(
 def test_a_db_pool_size_too_small_for_the_roles_stops_the_start(
     service_env: dict[str, str],
 ) -> None:
-    """A gateway given one connection less than its roles need exits 2 naming DB_POOL_SIZE."""
-    env = environment(service_env, DB_POOL_SIZE=str(SMALLEST["gateway"] - 1))
-    done = subprocess.run(
-        [sys.executable, "-m", "libs.runtime.cli", "run", "gateway"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    """A fan-out given one connection less than its roles need exits 2 naming DB_POOL_SIZE."""
+    env = environment(service_env, DB_POOL_SIZE=str(SMALLEST["fanout"] - 1))
+    done = run_weelo(env, "run", "fanout", timeout=30)
     assert done.returncode == 2
-    assert "DB_POOL_SIZE=4 is too small for gateway" in done.stderr
+    assert "DB_POOL_SIZE=4 is too small for fanout" in done.stderr
 
 
 def test_connections_carry_tcp_keepalives_and_a_user_timeout(database_url: str) -> None:
@@ -129,6 +119,7 @@ def test_connections_carry_tcp_keepalives_and_a_user_timeout(database_url: str) 
     assert options == [1, 10, 5, 3, 25_000]
 
 
+@pytest.mark.slow  # waits out IDLE_IN_TRANSACTION_MS
 def test_a_transaction_left_idle_releases_its_row_locks_within_about_a_second(
     database_url: str,
 ) -> None:

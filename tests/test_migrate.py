@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -11,8 +10,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from libs.runtime.migrate import available_migrations
-from tests.processes import ROOT, environment
+from libs.schema.migrate import available_migrations
+from tests.processes import ROOT, environment, weelo_command
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def empty_database(_servers: tuple[str, str]) -> Iterator[str]:
 def migrate_processes(env: dict[str, str], count: int) -> list[subprocess.CompletedProcess[str]]:
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "libs.runtime.cli", "migrate"],
+            weelo_command("migrate"),
             env=env,
             cwd=ROOT,
             stdout=subprocess.PIPE,

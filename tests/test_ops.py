@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -26,8 +23,10 @@ from libs.events.store import append
 from libs.events.streams import dead_letter_stream, events_stream
 from tests.events.helpers import eventually
 from tests.events.runners import Running, probe_entry
+from tests.processes import run_weelo
 
-WEELO = Path(sys.executable).parent / "weelo"
+pytestmark = pytest.mark.process  # every test runs `weelo ops` as a process of its own
+
 QUICK = RunnerConfig(block_ms=20, reclaim_interval_s=0.02)
 
 
@@ -53,9 +52,7 @@ async def running() -> AsyncIterator[Running]:
 
 def weelo(env: dict[str, str], *args: str, code: int = 0) -> str:
     """Run `weelo ARGS...`; its standard output, after checking its exit code."""
-    done = subprocess.run(
-        [str(WEELO), *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    done = run_weelo(env, *args)
     assert done.returncode == code, done.stderr
     return done.stdout
 

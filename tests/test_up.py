@@ -9,7 +9,6 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,14 +18,17 @@ import psycopg
 import pytest
 import redis
 
-from libs.runtime.embedded import EmbeddedServerError, embedded_postgres, embedded_redis
+from libs.local.embedded import EmbeddedServerError, embedded_postgres, embedded_redis
+from tests.processes import ROOT, weelo_command
 
-ROOT = Path(__file__).resolve().parent.parent
 UP_WITHIN_S = 20.0
 STOP_WITHIN_S = 40.0
 HEALTH_OFFSETS = (101, 102, 103, 104)
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+pytestmark = [
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc"),
+    pytest.mark.process,  # `weelo up` and embedded servers, started by the tests themselves
+]
 
 
 def free_base_port(gateways: int = 2) -> int:
@@ -121,7 +123,7 @@ class Up:
         self.log = log
         with open(log, "ab") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "libs.runtime.cli", "up", *args],
+                weelo_command("up", *args),
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,

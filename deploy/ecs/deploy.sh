@@ -15,7 +15,7 @@ export IMAGE AWS_REGION SECRET_ARN TASK_ROLE_ARN EXECUTION_ROLE_ARN LOG_GROUP
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-services=(gateway broadcast acceptance timer presence)
+services=(gateway broadcast acceptance timer presence fanout)
 
 register() {  # register NAME: render deploy/ecs/task-definitions/NAME.json, print the new ARN
   python3 "$here/render_task_definition.py" "$here/task-definitions/$1.json" "$work/$1.json"

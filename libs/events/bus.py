@@ -7,10 +7,12 @@ that runs them in a service.
   an earlier delivery, or its own failed commit, may have taken effect), it settles the command
   in PostgreSQL before answering: the outcome if the command took effect, else its attempt is
   abandoned and can never take effect (`CommandTimeout`, a true 503).
-- `command_handler` turns a service's handler table into a `StreamRunner` handler. Each command
-  runs in one PostgreSQL transaction together with the record of its reply, after reading the
-  outcome its command id may already have (a redelivery or a keyed retry answers that instead of
-  running again); a command past its deadline is dropped unexecuted.
+- `command_handler` turns a service's handler table (`handlers.CommandHandlers`) and its
+  dependencies into a `StreamRunner` handler. Each command runs in one PostgreSQL transaction
+  together with the record of its reply, after reading the outcome its command id may already
+  have (a redelivery or a keyed retry answers that instead of running again); a command past its
+  deadline is dropped unexecuted. Each entry's command is decoded once (`commands`), by its
+  ordering key (`command_key`) when the runner reads it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import psycopg
@@ -36,7 +37,6 @@ from libs.events.batching import Batcher
 from libs.events.commands import (
     ROUTES,
     AnyCommand,
-    Command,
     CommandEnvelope,
     Failure,
     Rejected,
@@ -47,40 +47,18 @@ from libs.events.commands import (
     reply_channel,
     reply_decoder,
 )
+from libs.events.delivery import EntryDecoder
+from libs.events.failures import message_for
+from libs.events.handlers import CommandHandlers, CommandRun, Conn
 from libs.events.metrics import COMMAND_TIMEOUTS
 from libs.events.runner import Delivery, Handler, PoisonMessage
 from libs.events.store import ConcurrencyConflict
 
 log = structlog.get_logger(__name__)
 
-Conn = psycopg.AsyncConnection[Any]
-CommandFn = Callable[[Conn, Any], Awaitable[msgspec.Struct]]
-CommandTable = Mapping[type[Command], CommandFn]
-ManyFn = Callable[[Conn, list[Any]], Awaitable[list[Any]]]
+D = TypeVar("D")
 
-
-class Batched:
-    """A command handler that can also run several commands of one ordering key, read in one
-    batch, in one transaction: `many(conn, commands)` answers each command's result, or its
-    `Rejected`, exactly as running them one after another would. Under load a batch holds many
-    claims of one broadcast; deciding them together takes one lock, one commit and one flush of
-    the WAL instead of one each.
-
-    Its transactions (of one command or many) run in psycopg's pipeline mode: `BEGIN` goes out
-    with the first query and `COMMIT` with nothing else waiting, two round trips fewer. So its
-    functions must fetch every result they act on (an error surfaces at a fetch or at the end of
-    a `conn.pipeline()` block, not at `execute`)."""
-
-    def __init__(self, fn: CommandFn, many: ManyFn) -> None:
-        self.fn, self.many = fn, many
-
-    async def __call__(self, conn: Conn, command: Any) -> msgspec.Struct:
-        return await self.fn(conn, command)
-
-
-UNAVAILABLE = Failure(
-    code="unavailable", message="A dependency is unavailable; nothing was changed"
-)
+UNAVAILABLE = Failure(code="unavailable", message=message_for("unavailable"))
 CONFLICT_RETRIES = 8
 
 
@@ -208,54 +186,64 @@ class CommandClient:
     def _resolve(self, raw: bytes) -> None:
         try:
             reply = reply_decoder.decode(raw)
-        except msgspec.DecodeError:
-            log.warning("reply_undecodable")
+        except msgspec.DecodeError as e:  # an unknown failure code too: a newer service
+            log.warning("reply_undecodable", error=str(e))
             return
         future = self._waiting.get(reply.command_id)
         if future is not None and not future.done():
             future.set_result(reply)
 
 
-def decode_command(delivery: Delivery) -> CommandEnvelope:
-    raw = delivery.fields.get(b"command")
+def _command(fields: dict[bytes, bytes]) -> CommandEnvelope:
     try:
-        return command_decoder.decode(raw or b"")
+        return command_decoder.decode(fields.get(b"command") or b"")
     except msgspec.DecodeError as e:
         raise PoisonMessage(f"not a command: {e}") from e
 
 
+commands: EntryDecoder[CommandEnvelope] = EntryDecoder(_command)
+
+
+def decode_command(delivery: Delivery) -> CommandEnvelope:
+    """The entry's command (decoded once per entry), or `PoisonMessage` if it holds none."""
+    return commands(delivery)
+
+
 def command_key(delivery: Delivery) -> str:
     try:
-        return decode_command(delivery).command.ordering_key()
+        return commands(delivery).command.ordering_key()
     except PoisonMessage:
         return delivery.entry_id
 
 
-def command_handler(table: CommandTable, pool: AsyncConnectionPool[Any], redis: Redis) -> Handler:
-    """A runner handler executing each command with its table entry and publishing the reply
-    (the replies of one loop turn in one pipeline). A `Batched` entry also runs the commands
-    after it in the batch that it can take along (same key and type, first delivery)."""
+def command_handler(
+    table: CommandHandlers[D], deps: D, pool: AsyncConnectionPool[Any], redis: Redis
+) -> Handler:
+    """A runner handler executing each command with its table entry and `deps` and publishing
+    the reply (the replies of one loop turn in one pipeline). An entry with `many` also runs the
+    commands after it in the batch that it can take along (same key and type, first delivery)."""
+    runs = table.bind(deps)
     replies = Batcher(redis)
     together: set[str] = set()  # commands already run along with an earlier one of their batch
 
     async def handle(delivery: Delivery) -> None:
-        envelope = decode_command(delivery)
+        envelope = commands(delivery)
         if envelope.command_id in together:
             together.discard(envelope.command_id)
             return
         if time.time() > envelope.deadline:
             log.warning("command_expired_unexecuted", command_id=envelope.command_id)
             return
-        fn = table.get(type(envelope.command))
-        if fn is None:
+        run = runs.get(type(envelope.command))
+        if run is None:
             raise PoisonMessage(f"no handler for {type(envelope.command).__name__}")
-        group = _taken_along(envelope, delivery, fn)
+        group = _taken_along(envelope, delivery, run)
         with structlog.contextvars.bound_contextvars(correlation_id=envelope.correlation_id):
-            if isinstance(fn, Batched) and len(group) > 1:
-                answers = await execute_many(pool, group, fn)
+            if len(group) > 1:
+                answers = await execute_many(pool, group, run)
                 together.update(e.command_id for e in group[1:])
             else:
-                answers = [await execute(pool, envelope, fn)]
+                answers = [await execute(pool, envelope, run)]
         await asyncio.gather(
             *(
                 replies.execute("PUBLISH", e.reply_to, encode(reply))
@@ -268,18 +256,18 @@ def command_handler(table: CommandTable, pool: AsyncConnectionPool[Any], redis: 
 
 
 def _taken_along(
-    first: CommandEnvelope, delivery: Delivery, fn: CommandFn
+    first: CommandEnvelope, delivery: Delivery, run: CommandRun
 ) -> list[CommandEnvelope]:
-    """`first`, then the commands right after it in the batch a `Batched` handler runs with it:
+    """`first`, then the commands right after it in the batch a batched handler runs with it:
     of the same type, delivered for the first time, not past their deadline, each command id
     once."""
     group = [first]
-    if not isinstance(fn, Batched) or delivery.deliveries > 1:
+    if not run.batched or delivery.deliveries > 1:
         return group
     now = time.time()
     for later in delivery.later:
         try:
-            envelope = decode_command(later)
+            envelope = commands(later)
         except PoisonMessage:
             break
         kind_differs = type(envelope.command) is not type(first.command)
@@ -291,12 +279,12 @@ def _taken_along(
 
 
 async def execute(
-    pool: AsyncConnectionPool[Any], envelope: CommandEnvelope, fn: CommandFn
+    pool: AsyncConnectionPool[Any], envelope: CommandEnvelope, run: CommandRun
 ) -> Reply:
-    """Run `fn` in a transaction that also records the reply; retry write conflicts."""
+    """Run the command in a transaction that also records the reply; retry write conflicts."""
     for _ in range(CONFLICT_RETRIES):
         try:
-            return await _attempt(pool, envelope, fn)
+            return await _attempt(pool, envelope, run)
         except (ConcurrencyConflict, errors.SerializationFailure, errors.DeadlockDetected):
             continue
         except psycopg.Error as e:
@@ -307,27 +295,30 @@ async def execute(
 
 
 async def execute_many(
-    pool: AsyncConnectionPool[Any], envelopes: list[CommandEnvelope], fn: Batched
+    pool: AsyncConnectionPool[Any], envelopes: list[CommandEnvelope], run: CommandRun
 ) -> list[Reply]:
-    """Run commands read together in one transaction, retrying write conflicts; if that cannot
-    be done (one of them already has an outcome, or the database failed), run each on its own."""
+    """Run commands read together in one transaction (`run.many`), retrying write conflicts; if
+    that cannot be done (one of them already has an outcome, or the database failed), run each on
+    its own."""
     for _ in range(CONFLICT_RETRIES):
         try:
-            return await _attempt_many(pool, envelopes, fn)
+            return await _attempt_many(pool, envelopes, run)
         except (ConcurrencyConflict, errors.SerializationFailure, errors.DeadlockDetected):
             continue
         except (_Settled, psycopg.Error) as e:
             log.warning("batch_run_one_by_one", commands=len(envelopes), error=repr(e))
             break
-    return [await execute(pool, e, fn) for e in envelopes]
+    return [await execute(pool, e, run) for e in envelopes]
 
 
 async def _attempt_many(
-    pool: AsyncConnectionPool[Any], envelopes: list[CommandEnvelope], fn: Batched
+    pool: AsyncConnectionPool[Any], envelopes: list[CommandEnvelope], run: CommandRun
 ) -> list[Reply]:
+    if run.many is None:
+        raise _Settled(None)  # a type not run together: each runs on its own
     async with pool.connection() as conn, conn.pipeline(), conn.transaction():
         earlier = await conn.execute(outcomes.STORED, ([e.command_id for e in envelopes],))
-        decided = await fn.many(conn, [e.command for e in envelopes])
+        decided = await run.many(conn, [e.command for e in envelopes])
         if await earlier.fetchall():
             raise _Settled(None)  # some already took effect: each answers on its own
         done = {
@@ -346,25 +337,26 @@ async def _attempt_many(
 
 
 async def _attempt(
-    pool: AsyncConnectionPool[Any], envelope: CommandEnvelope, fn: CommandFn
+    pool: AsyncConnectionPool[Any], envelope: CommandEnvelope, run: CommandRun
 ) -> Reply:
-    """One try: the command's recorded outcome if it has one, else `fn`'s, recorded with it."""
+    """One try: the command's recorded outcome if it has one, else its handler's, recorded with
+    it."""
     async with pool.connection() as conn:
-        mode = conn.pipeline() if isinstance(fn, Batched) else contextlib.nullcontext()
+        mode = conn.pipeline() if run.batched else contextlib.nullcontext()
         try:
             async with mode, conn.transaction():
-                return await _decide(conn, envelope, fn)
+                return await _decide(conn, envelope, run)
         except _Settled as settled:
             return settled.reply or await _outcome_elsewhere(conn, envelope.command_id)
 
 
-async def _decide(conn: Conn, envelope: CommandEnvelope, fn: CommandFn) -> Reply:
+async def _decide(conn: Conn, envelope: CommandEnvelope, run: CommandRun) -> Reply:
     """Inside the command's transaction. The earlier outcome is read first (in pipeline mode it
     travels with the command's own first queries) and wins over this attempt's decision."""
     command_id = envelope.command_id
     earlier = await conn.execute(outcomes.STORED, ([command_id],), prepare=True)
     try:
-        raw = encode(await fn(conn, envelope.command))
+        raw = encode(await run.one(conn, envelope.command))
     except Rejected as refusal:
         await _raise_if_recorded(earlier, command_id)
         raise _Settled(Reply(command_id=command_id, failure=refusal.failure)) from None

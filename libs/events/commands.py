@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from libs.events.catalogue import Location
+from libs.events.failures import FailureCode, message_for
 
 
 class TruckOrder(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -146,9 +147,10 @@ class CommandEnvelope(msgspec.Struct, frozen=True, kw_only=True, rename="camel")
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
-    """A refused command: a contract error code, its message and any extra detail fields."""
+    """A refused command: its failure code (`libs/events/failures.py`), its message and any
+    extra detail fields."""
 
-    code: str
+    code: FailureCode
     message: str
     details: dict[str, Any] = {}
 
@@ -166,11 +168,12 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 
 class Rejected(Exception):
-    """Raised by a command handler to refuse the command; nothing it did is kept."""
+    """Raised by a command handler to refuse the command; nothing it did is kept. `message`
+    words the refusal more precisely where the contract fixes no wording (`message_for`)."""
 
-    def __init__(self, code: str, message: str, **details: Any) -> None:
-        super().__init__(f"{code}: {message}")
-        self.failure = Failure(code=code, message=message, details=details)
+    def __init__(self, code: FailureCode, message: str | None = None, **details: Any) -> None:
+        self.failure = Failure(code=code, message=message_for(code, message), details=details)
+        super().__init__(f"{code}: {self.failure.message}")
 
 
 _encoder = msgspec.json.Encoder()

@@ -1,57 +1,67 @@
-"""Turning stream entries into typed events, and a handler table into one runner handler."""
+"""Turning stream entries into typed events, and an event handler table into one runner handler.
+
+Each entry's envelope is decoded once (`envelopes`, `delivery.py`): by its ordering key
+(`stream_key`) when the runner reads it; the handler, and a handler looking at the entries after
+it, get the same envelope again.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import structlog
 
 from libs.events.catalogue import Envelope, Event
 from libs.events.codec import UndecodableMessage, envelope_from_fields
+from libs.events.delivery import EntryDecoder
+from libs.events.handlers import Handlers
 from libs.events.runner import Delivery, Handler, PoisonMessage
 
-E = TypeVar("E", bound=Event)
-EventHandler = Callable[[Envelope], Awaitable[None]]
-HandlerTable = Mapping[type[Event], EventHandler]
+D = TypeVar("D")
+# A service's event table: each event type to `async def fn(deps, event) -> None`.
+EventHandlers = Handlers[Event, D, Awaitable[None]]
+
+
+def _envelope(fields: dict[bytes, bytes]) -> Envelope:
+    try:
+        return envelope_from_fields(fields)
+    except UndecodableMessage as e:
+        raise PoisonMessage(str(e)) from e
+
+
+envelopes: EntryDecoder[Envelope] = EntryDecoder(_envelope)
 
 
 def envelope_of(delivery: Delivery) -> Envelope:
-    try:
-        return envelope_from_fields(delivery.fields)
-    except UndecodableMessage as e:
-        raise PoisonMessage(str(e)) from e
+    """The entry's envelope (decoded once per entry), or `PoisonMessage` if it holds none."""
+    return envelopes(delivery)
 
 
 def stream_key(delivery: Delivery) -> str:
     """Order key: the event's own stream (one broadcast, one driver...)."""
     try:
-        return envelope_from_fields(delivery.fields).stream_id
-    except UndecodableMessage:
+        return envelopes(delivery).stream_id
+    except PoisonMessage:
         return delivery.entry_id
 
 
-def event_handler(table: HandlerTable) -> Handler:
-    """A runner handler that decodes each entry and calls the table's handler for its type.
+def event_handler(table: EventHandlers[D], deps: D) -> Handler:
+    """A runner handler that calls the table's handler for each entry's event type with `deps`
+    and the event, its correlation id and event id bound in the log context.
 
-    Event types with no entry in the table are acknowledged without effect.
-    """
+    Event types with no entry in the table are acknowledged without effect; an entry that is not
+    an envelope is dead-lettered (`PoisonMessage`)."""
 
     async def handle(delivery: Delivery) -> None:
-        envelope = envelope_of(delivery)
-        handler = table.get(type(envelope.event))
-        if handler is None:
+        envelope = envelopes(delivery)
+        event = envelope.event
+        fn = table.get(type(event))
+        if fn is None:
             return
         with structlog.contextvars.bound_contextvars(
             correlation_id=envelope.correlation_id, event_id=envelope.event_id
         ):
-            await handler(envelope)
+            await fn(deps, event)
 
     return handle
-
-
-def typed(event: Any, kind: type[E]) -> E:
-    """Narrow an envelope's event to the type its handler was registered for."""
-    if not isinstance(event, kind):
-        raise TypeError(f"expected {kind.__name__}, got {type(event).__name__}")
-    return event

@@ -79,7 +79,8 @@ def _type_name(info: msgspec.inspect.Type) -> str:
 
 def _fields_table(cls: type[msgspec.Struct]) -> str:
     info = msgspec.inspect.type_info(cls)
-    assert isinstance(info, msgspec.inspect.StructType)
+    if not isinstance(info, msgspec.inspect.StructType):
+        raise TypeError(f"{cls.__name__} is not described as a struct: {info!r}")
     rows = ["| field | type | required |", "|---|---|---|"]
     if info.tag_field:
         rows.append(f"| `{info.tag_field}` | `{info.tag}` | yes |")

@@ -16,13 +16,13 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import structlog
 
 if TYPE_CHECKING:
-    from libs.events.runner import Delivery, KeyOf
+    from libs.events.delivery import Delivery
+    from libs.events.runner import KeyOf
 
 log = structlog.get_logger(__name__)
 
@@ -89,7 +89,7 @@ class Lanes:
                 delivery = queue.popleft()
                 go_on = True
                 try:
-                    go_on = await self._run(replace(delivery, later=tuple(queue)))
+                    go_on = await self._run(delivery.with_later(tuple(queue)))
                 except Exception:  # the runner's own errors: the entry stays pending
                     log.exception(
                         "entry_run_failed", stream=delivery.stream, entry=delivery.entry_id

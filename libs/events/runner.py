@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -36,25 +36,23 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from libs.events import deadletter, retry
 from libs.events.acks import Acks
+from libs.events.delivery import Delivery, PoisonMessage
 from libs.events.lanes import Lanes
 from libs.events.retry import Failure, Failures, RetryPolicy
 
+__all__ = [
+    "Delivery",
+    "Handler",
+    "KeyOf",
+    "PoisonMessage",
+    "RunnerConfig",
+    "StreamRunner",
+    "by_entry",
+    "ensure_group",
+    "retry_policy",
+]
+
 log = structlog.get_logger(__name__)
-
-
-class PoisonMessage(Exception):
-    """Raised by a handler for an entry that can never succeed: dead-letter it at once."""
-
-
-@dataclass(frozen=True)
-class Delivery:
-    stream: str
-    entry_id: str
-    fields: dict[bytes, bytes]
-    deliveries: int
-    # The entries with the same key after this one, already read, in the order they will run.
-    later: tuple[Delivery, ...] = field(default=(), repr=False)
-
 
 Handler = Callable[[Delivery], Awaitable[None]]
 KeyOf = Callable[[Delivery], str]
@@ -187,7 +185,7 @@ class StreamRunner:
                 self._acks.add(delivery.entry_id, delivery.deliveries)
                 return True
             fields = {k: v for k, v in delivery.fields.items() if k != deadletter.REPLAY_FIELD}
-            delivery = replace(delivery, fields=fields)
+            delivery = replace(delivery, fields=fields)  # the same message: its memo stays
         error = await self._handle(delivery)
         if error is None:
             return True

@@ -138,6 +138,15 @@ async def append_decided(
     return [str(row[0]) for row in rows]
 
 
+async def stream_version(conn: psycopg.AsyncConnection[Any], stream_id: str) -> int:
+    """The version of the stream's latest event; 0 for a stream that has none."""
+    cur = await conn.execute(
+        "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = %s", (stream_id,)
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
 async def read_stream(conn: psycopg.AsyncConnection[Any], stream_id: str) -> list[Envelope]:
     """Every event of one stream, in version order."""
     cur = await conn.execute(

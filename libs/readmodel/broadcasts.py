@@ -12,7 +12,8 @@ import msgspec
 import psycopg
 
 from libs.events.catalogue import AcceptedSlot, BroadcastCreated, Location
-from libs.runtime.clock import iso_ms
+from libs.events.clock import iso_ms
+from libs.readmodel.violations import translated
 
 Conn = psycopg.AsyncConnection[Any]
 ACTIVE_STATES = ("broadcasting", "partially_filled")
@@ -123,31 +124,33 @@ async def insert_broadcast(
     version: int,
     end_reason: str | None = None,
 ) -> None:
-    """Insert a new broadcast, its truck requests and its recipients."""
+    """Insert a new broadcast, its truck requests and its recipients; another active
+    broadcast of the customer (a concurrent search) is a `ConcurrencyConflict`."""
     at = created.created_at
     history = msgspec.json.encode([history_entry(s, at) for s in states]).decode()
-    await conn.execute(
-        "INSERT INTO broadcasts (broadcast_id, customer_id, state, end_reason, created_at,"
-        " expires_at, state_changed_at, pickup, drop_location, note, notified_count,"
-        " request_hash, history, version)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s::jsonb, %s)",
-        (
-            created.broadcast_id,
-            created.customer_id,
-            states[-1],
-            end_reason,
-            at,
-            created.expires_at,
-            at,
-            _location(created.pickup),
-            _location(created.drop),
-            created.note,
-            len(notified),
-            created.request_hash,
-            history,
-            version,
-        ),
-    )
+    with translated(f"customer-{created.customer_id}"):
+        await conn.execute(
+            "INSERT INTO broadcasts (broadcast_id, customer_id, state, end_reason, created_at,"
+            " expires_at, state_changed_at, pickup, drop_location, note, notified_count,"
+            " request_hash, history, version)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s::jsonb, %s)",
+            (
+                created.broadcast_id,
+                created.customer_id,
+                states[-1],
+                end_reason,
+                at,
+                created.expires_at,
+                at,
+                _location(created.pickup),
+                _location(created.drop),
+                created.note,
+                len(notified),
+                created.request_hash,
+                history,
+                version,
+            ),
+        )
     slots = created.truck_requests
     await conn.execute(
         "INSERT INTO truck_requests (truck_request_id, broadcast_id, slot, vehicle_type, state)"

@@ -14,13 +14,21 @@ never wrote. `HeadLimits` answers at once, with the contract's error body and
 A connection that sends no byte within the header timeout of opening is closed without an
 answer; one idle after a response keeps the keep-alive timeout. The limits sit inside
 websockets' own, so every upgrade that passes them also passes its handshake parser.
+
+When the server stops (`draining.DrainingServer`), uvicorn closed at once every connection with
+no response under way, a fresh one whose request had not yet arrived or been parsed among them:
+its client saw the request it had sent dropped (a reset). Here a connection that is idle after a
+response still closes at once; one whose first request has not yet come, or whose next head is
+under way, gets up to `DRAIN_GRACE_S` to begin it (a head once begun has the header timeout), and
+the request is answered with `Connection: close` and the connection closed. A WebSocket upgrade
+in that grace is stopped as uvicorn stops any handshake under way at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import httptools
 import structlog
@@ -43,6 +51,12 @@ MAX_FIELD_BYTES = 8000
 MAX_FIELDS = 100
 MAX_HEAD_BYTES = 16 * 1024
 LINGER_S = 2.0  # after a refusal, read (and drop) what the client still sends, then close
+DRAIN_GRACE_S = 1.0  # at shutdown, for a connection to begin the request it has not yet sent
+
+
+@runtime_checkable
+class _Stoppable(Protocol):
+    def shutdown(self) -> None: ...
 
 
 class HeadRefused(Exception):
@@ -81,6 +95,8 @@ class HeadLimits(HttpToolsProtocol):
         self._head = _Head()
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._draining = False
+        self._grace: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -88,6 +104,9 @@ class HeadLimits(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -136,6 +155,39 @@ class HeadLimits(HttpToolsProtocol):
         self._head.open = False
         self._disarm_head_timer()
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered, then closed
+
+    def handle_websocket_upgrade(self) -> None:
+        super().handle_websocket_upgrade()
+        upgraded = self.transport.get_protocol()
+        if self._draining and upgraded is not self and isinstance(upgraded, _Stoppable):
+            upgraded.shutdown()
+
+    def shutdown(self) -> None:
+        """Called by the server to begin a graceful shutdown (uvicorn's, but for the grace)."""
+        if self._draining:
+            return
+        self._draining = True
+        if self._refused:  # answered; closes once the client stops sending (`_refuse`)
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # the response under way is finished, then closed
+        elif self._idle():
+            if self._head.number == 0:  # the first request not yet come: a grace to send it
+                grace = min(DRAIN_GRACE_S, self.header_timeout)
+                self._grace = self.loop.call_later(grace, self._grace_over)
+            else:  # idle after a response
+                self.transport.close()
+        # else a head under way: the header timeout bounds it, and it is answered and closed
+
+    def _idle(self) -> bool:
+        return self._head.between and (self.cycle is None or self.cycle.response_complete)
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        if not self.transport.is_closing() and self._idle():
+            self.transport.close()
 
     def on_message_complete(self) -> None:
         self._head.between = True

@@ -19,12 +19,12 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from libs.events import lease, outbox
+from libs.events.clock import iso_ms
 from libs.events.lease import projector_role
 from libs.events.relay import RELAY_ROLE
 from libs.events.retry import failures_key
 from libs.events.streams import dead_letter_stream
 from libs.events.trim import grouped_streams, parse_id
-from libs.runtime.clock import iso_ms
 
 
 class GroupLag(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

@@ -2,9 +2,10 @@
 
 A service is a `ServiceSpec`: its name, the HTTP app it serves and the background tasks it runs
 (consumer-group runners and the like). `run_service` owns everything with I/O: it creates the
-PostgreSQL pool and the Redis client, runs the outbox relay and stream trimming beside the
-service's own tasks, and on SIGTERM or SIGINT lets every task finish the message in hand before
-closing the pools.
+PostgreSQL pool and the Redis client, runs the outbox relay, stream trimming, bookkeeping pruning
+and the guard against silent pipelined transactions (`silent.py`) beside the service's own
+tasks, and on SIGTERM or SIGINT lets every task finish the message in hand before closing the
+pools.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from starlette.types import ASGIApp
 from libs.events.relay import OutboxRelay
 from libs.events.streams import dead_letter_stream
 from libs.events.trim import grouped_streams, trim_forever
+from libs.runtime.draining import DrainingServer
 from libs.runtime.health import health_app
 from libs.runtime.housekeeping import prune_forever
 from libs.runtime.http_head import head_limits
@@ -35,6 +37,7 @@ from libs.runtime.pool_metrics import watch_pool
 from libs.runtime.postgres import POOL_MIN_SIZE, application_name, conninfo, pool_max_size
 from libs.runtime.resp import packing_in_c
 from libs.runtime.settings import Settings
+from libs.runtime.silent import end_silent_forever
 from libs.runtime.ws_handshake import FinishedRefusals
 
 log = structlog.get_logger(__name__)
@@ -140,8 +143,9 @@ def bind_socket(host: str, port: int, explicit: bool) -> socket.socket:
     return sock
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the service's stop event decides."""
+class _Server(DrainingServer):
+    """uvicorn without its own signal handling (the service's stop event decides), and with a
+    shutdown that answers every connection it has taken (draining.py)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Any:
@@ -234,11 +238,15 @@ async def _finish(tasks: list[asyncio.Task[None]], serving: asyncio.Task[None]) 
 
 
 def _shared_tasks() -> tuple[Task, ...]:
-    return (_relay, _trimmer, _housekeeping)
+    return (_relay, _trimmer, _housekeeping, _silent_guard)
 
 
 async def _housekeeping(resources: Resources, stop: asyncio.Event) -> None:
     await prune_forever(resources.pool, stop)
+
+
+async def _silent_guard(resources: Resources, stop: asyncio.Event) -> None:
+    await end_silent_forever(resources.pool, stop)
 
 
 async def _relay(resources: Resources, stop: asyncio.Event) -> None:

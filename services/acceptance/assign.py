@@ -7,7 +7,7 @@ row and the vehicle's row, so two assignments of one driver, or of one vehicle, 
 second sees the first: a driver, and a vehicle, holds one active assignment at a time. The
 partial unique indexes `assignments_one_active_per_driver` and
 `assignments_one_active_per_vehicle` are the backstop, translated to `driver_busy` and
-`vehicle_busy` too.
+`vehicle_busy` too where the update is made (`libs/readmodel/assignments.py`).
 """
 
 from __future__ import annotations
@@ -17,29 +17,15 @@ from typing import Any
 
 import msgspec
 import psycopg
-from psycopg import errors
 
 from libs.events.catalogue import DriverAssigned
 from libs.events.commands import AssignDriver, DriverOnAssignment, Rejected
 from libs.events.store import append
+from libs.readmodel.assignments import put_driver_on
 from libs.readmodel.broadcasts import BroadcastRow, lock_broadcast, set_version
-from libs.runtime.clock import Clock
+from services.acceptance.deps import AcceptanceDeps
 
 Conn = psycopg.AsyncConnection[Any]
-ONE_ACTIVE_PER_DRIVER = "assignments_one_active_per_driver"
-ONE_ACTIVE_PER_VEHICLE = "assignments_one_active_per_vehicle"
-
-
-def _driver_busy() -> Rejected:
-    return Rejected("driver_busy", "Driver is busy")
-
-
-def _vehicle_busy() -> Rejected:
-    return Rejected("vehicle_busy", "Vehicle is busy")
-
-
-# The refusal each unique index of active assignments stands for.
-_BUSY_BY_INDEX = {ONE_ACTIVE_PER_DRIVER: _driver_busy, ONE_ACTIVE_PER_VEHICLE: _vehicle_busy}
 
 
 @dataclass(frozen=True)
@@ -73,7 +59,7 @@ async def _locked(conn: Conn, cmd: AssignDriver) -> tuple[BroadcastRow, Assignme
     if broadcast is None or current is None:
         raise Rejected("not_found", "Assignment not found")
     if broadcast.state == "cancelled" or current.state == "cancelled":
-        raise Rejected("request_cancelled", "Request cancelled")
+        raise Rejected("request_cancelled")
     return broadcast, current
 
 
@@ -109,7 +95,7 @@ async def _lock_vehicle(conn: Conn, cmd: AssignDriver, vehicle_type: str) -> Non
     if vehicle is None or vehicle[0] != cmd.transporter_id:
         raise Rejected("forbidden", "Vehicle is not registered with you")
     if vehicle[1] != vehicle_type:
-        raise Rejected("vehicle_type_mismatch", "Vehicle is not of the assignment's type")
+        raise Rejected("vehicle_type_mismatch")
 
 
 async def _refuse_unless_available(conn: Conn, cmd: AssignDriver, vehicle_type: str) -> None:
@@ -122,32 +108,11 @@ async def _refuse_unless_available(conn: Conn, cmd: AssignDriver, vehicle_type: 
     online = await _lock_driver(conn, cmd)
     await _lock_vehicle(conn, cmd, vehicle_type)
     if not online:
-        raise Rejected("driver_offline", "Driver is offline")
+        raise Rejected("driver_offline")
     if await _one(conn, _DRIVER_ELSEWHERE, cmd.driver_id, cmd.assignment_id):
-        raise _driver_busy()
+        raise Rejected("driver_busy")
     if await _one(conn, _VEHICLE_ELSEWHERE, cmd.vehicle_id, cmd.assignment_id):
-        raise _vehicle_busy()
-
-
-async def _put_driver_on(conn: Conn, cmd: AssignDriver) -> None:
-    """Update the assignment; a unique index refusing a second active assignment of the driver
-    or of the vehicle is `driver_busy` or `vehicle_busy`.
-
-    It runs in a savepoint, so the violation leaves the transaction usable to refuse cleanly.
-    """
-    try:
-        async with conn.transaction():
-            await conn.execute(
-                "UPDATE assignments SET state = 'driver_assigned', driver_id = %s,"
-                " vehicle_id = %s WHERE assignment_id = %s",
-                (cmd.driver_id, cmd.vehicle_id, cmd.assignment_id),
-                prepare=True,
-            )
-    except errors.UniqueViolation as e:
-        busy = _BUSY_BY_INDEX.get(e.diag.constraint_name or "")
-        if busy is None:
-            raise
-        raise busy() from e
+        raise Rejected("vehicle_busy")
 
 
 def _already_so(current: AssignmentRow, cmd: AssignDriver) -> bool:
@@ -159,7 +124,7 @@ def _already_so(current: AssignmentRow, cmd: AssignDriver) -> bool:
 
 async def _record(conn: Conn, broadcast: BroadcastRow, cmd: AssignDriver) -> None:
     """Update the assignment and append `DriverAssigned` to its broadcast's stream."""
-    await _put_driver_on(conn, cmd)
+    await put_driver_on(conn, cmd.assignment_id, cmd.driver_id, cmd.vehicle_id)
     event = DriverAssigned(
         assignment_id=cmd.assignment_id,
         broadcast_id=broadcast.broadcast_id,
@@ -171,7 +136,7 @@ async def _record(conn: Conn, broadcast: BroadcastRow, cmd: AssignDriver) -> Non
     await set_version(conn, broadcast.broadcast_id, broadcast.version + 1)
 
 
-async def assign_driver(clock: Clock, conn: Conn, cmd: AssignDriver) -> DriverOnAssignment:
+async def assign_driver(_deps: AcceptanceDeps, conn: Conn, cmd: AssignDriver) -> DriverOnAssignment:
     """Put the driver and vehicle on the assignment (a repeat answers the same), or refuse.
 
     Another driver or vehicle already on it is replaced, which frees that driver or vehicle.

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from libs.events.catalogue import AcceptedSlot, BroadcastFilled, DomainEvent, SlotsAccepted
+from libs.events.clock import Clock
 from libs.events.commands import AcceptResult, AcceptSlots, AssignmentRef, Rejected
 from libs.events.store import append
 from libs.readmodel.broadcasts import (
@@ -30,7 +31,7 @@ from libs.readmodel.broadcasts import (
     set_version,
     timed_out,
 )
-from libs.runtime.clock import Clock
+from services.acceptance.deps import AcceptanceDeps
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -76,9 +77,9 @@ def refuse_unless_open(row: BroadcastRow | None, clock: Clock) -> BroadcastRow:
     if row is None:
         raise Rejected("not_found", "Broadcast not found")
     if row.state == "cancelled":
-        raise Rejected("request_cancelled", "Request cancelled")
+        raise Rejected("request_cancelled")
     if timed_out(row, clock()):
-        raise Rejected("request_expired", "Request expired")
+        raise Rejected("request_expired")
     return row
 
 
@@ -93,20 +94,20 @@ def choose(cmd: AcceptSlots, open_slots: list[Slot]) -> list[Slot]:
     else:
         wanted = of_type
     if len(wanted) < cmd.quantity:
-        raise Rejected("no_longer_available", "No longer available", available=len(of_type))
+        raise Rejected("no_longer_available", available=len(of_type))
     return wanted[: cmd.quantity]
 
 
-async def accept_slots(clock: Clock, conn: Conn, cmd: AcceptSlots) -> AcceptResult:
+async def accept_slots(deps: AcceptanceDeps, conn: Conn, cmd: AcceptSlots) -> AcceptResult:
     """Claim the slots `cmd` asks for, all or none, or refuse with the contract's reason."""
-    outcome = (await accept_many(clock, conn, [cmd]))[0]
+    outcome = (await accept_many(deps, conn, [cmd]))[0]
     if isinstance(outcome, Rejected):
         raise outcome
     return outcome
 
 
 async def accept_many(
-    clock: Clock, conn: Conn, cmds: list[AcceptSlots]
+    deps: AcceptanceDeps, conn: Conn, cmds: list[AcceptSlots]
 ) -> list[AcceptResult | Rejected]:
     """Claims of one broadcast decided in one transaction, each exactly as if it ran alone
     after the ones before it: its result, or its refusal (which changes nothing)."""
@@ -118,9 +119,9 @@ async def accept_many(
     outcomes: list[Claim | Rejected] = []
     for cmd in cmds:
         try:
-            refuse_unless_open(row, clock)
+            refuse_unless_open(row, deps.clock)
             if cmd.transporter_id not in notified:
-                raise Rejected("not_notified", "This broadcast was not sent to you")
+                raise Rejected("not_notified")
             chosen = choose(cmd, open_slots)
         except Rejected as refused:
             outcomes.append(refused)
@@ -134,7 +135,7 @@ async def accept_many(
     claims = [o for o in outcomes if isinstance(o, Claim)]
     if claims:
         assert row is not None
-        await _record(conn, row, claims, now=clock())
+        await _record(conn, row, claims, now=deps.clock())
     return [o if isinstance(o, Rejected) else _result(broadcast_id, o) for o in outcomes]
 
 

@@ -1,33 +1,19 @@
-"""The acceptance service on one screen: which command runs which handler."""
+"""The acceptance service on one screen: which command runs which handler.
+
+Claims of one broadcast read in one batch are decided in one transaction (`accept_many`,
+pipelined: it fetches every result it acts on).
+"""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-from libs.events.bus import Batched, CommandFn, CommandTable
-from libs.events.commands import AcceptSlots, AssignDriver, Command
-from libs.runtime.clock import Clock
+from libs.events.commands import AcceptSlots, AssignDriver
+from libs.events.handlers import CommandHandlers
 from services.acceptance.assign import assign_driver
 from services.acceptance.claim import accept_many, accept_slots
+from services.acceptance.deps import AcceptanceDeps
 
-HANDLERS: dict[type[Command], Callable[..., Awaitable[Any]]] = {
-    AcceptSlots: accept_slots,
-    AssignDriver: assign_driver,
-}
-
-
-# Claims of one broadcast read in one batch are decided in one transaction (pipelined: they
-# fetch every result they act on).
-BATCHED: dict[type[Command], Callable[..., Awaitable[Any]]] = {AcceptSlots: accept_many}
-
-
-def bind(clock: Clock) -> CommandTable:
-    """The handler table with this service's dependencies applied."""
-    table: dict[type[Command], CommandFn] = {
-        kind: functools.partial(fn, clock) for kind, fn in HANDLERS.items()
-    }
-    for kind, many in BATCHED.items():
-        table[kind] = Batched(table[kind], functools.partial(many, clock))
-    return table
+HANDLERS = (
+    CommandHandlers[AcceptanceDeps]()
+    .on(AcceptSlots, accept_slots, many=accept_many)
+    .on(AssignDriver, assign_driver)
+)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from libs.runtime.clock import utc_now
+from libs.events.clock import utc_now
 from libs.runtime.commands import run_commands
 from libs.runtime.service import Resources, ServiceSpec
-from services.acceptance.handlers import bind
+from services.acceptance.deps import AcceptanceDeps
+from services.acceptance.handlers import HANDLERS
 
 
 async def commands(resources: Resources, stop: asyncio.Event) -> None:
-    await run_commands(resources, bind(utc_now), stop)
+    await run_commands(resources, HANDLERS, AcceptanceDeps(utc_now), stop)
 
 
 SERVICE = ServiceSpec(name="acceptance", default_port=8102, tasks=(commands,))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from libs.runtime.clock import Clock, utc_now
+from libs.events.clock import Clock, utc_now
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ import psycopg
 
 from libs.events.catalogue import DriverRegistered, VehicleRegistered, VehicleRemoved
 from libs.events.commands import Done, RegisterDriver, RegisterVehicle, Rejected, RemoveVehicle
-from libs.events.store import append
+from libs.events.store import append, stream_version
+from services.broadcast.deps import BroadcastDeps
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -32,23 +33,27 @@ async def _version_if_mine(
     conn: Conn, table: str, ident: str, transporter_id: str, taken: Rejected
 ) -> int:
     """The stream version a (re-)registration by `transporter_id` appends at; `taken` if the id
-    belongs to another transporter. A first registration racing another appends at 0 too; the
-    loser's conflict is retried and then finds the id taken."""
-    key = {"vehicles": "vehicle_id", "drivers": "driver_id"}[table]
+    belongs to another transporter. An id with no row is new or was removed: its stream goes on
+    from its last event (a removed vehicle's id can be registered again, by anyone). A first
+    registration racing another appends at the same version; the loser's conflict is retried and
+    then finds the id taken."""
+    key, stream = {"vehicles": ("vehicle_id", "vehicle"), "drivers": ("driver_id", "driver")}[table]
     current = await _owner_and_version(conn, table, key, ident)
     if current and current[0] != transporter_id:
         raise taken
-    return current[1] if current else 0
+    if current:
+        return current[1]
+    return await stream_version(conn, f"fleet-{stream}.{ident}")
 
 
-async def register_vehicle(conn: Conn, cmd: RegisterVehicle) -> Done:
+async def register_vehicle(_deps: BroadcastDeps, conn: Conn, cmd: RegisterVehicle) -> Done:
     """Add or move a vehicle; a vehicle id owned by another transporter is `vehicle_taken`."""
     version = await _version_if_mine(
         conn,
         "vehicles",
         cmd.vehicle_id,
         cmd.transporter_id,
-        Rejected("vehicle_taken", "Vehicle is registered to another transporter"),
+        Rejected("vehicle_taken"),
     )
     await append(
         conn,
@@ -74,7 +79,7 @@ async def register_vehicle(conn: Conn, cmd: RegisterVehicle) -> Done:
     return Done()
 
 
-async def remove_vehicle(conn: Conn, cmd: RemoveVehicle) -> Done:
+async def remove_vehicle(_deps: BroadcastDeps, conn: Conn, cmd: RemoveVehicle) -> Done:
     """Remove a vehicle of this transporter; someone else's vehicle is `not_found`."""
     current = await _owner_and_version(conn, "vehicles", "vehicle_id", cmd.vehicle_id)
     if not current or current[0] != cmd.transporter_id:
@@ -89,14 +94,14 @@ async def remove_vehicle(conn: Conn, cmd: RemoveVehicle) -> Done:
     return Done()
 
 
-async def register_driver(conn: Conn, cmd: RegisterDriver) -> Done:
+async def register_driver(_deps: BroadcastDeps, conn: Conn, cmd: RegisterDriver) -> Done:
     """Add or update a driver; a driver registered to another transporter is `driver_taken`."""
     version = await _version_if_mine(
         conn,
         "drivers",
         cmd.driver_id,
         cmd.transporter_id,
-        Rejected("driver_taken", "Driver is registered to another transporter"),
+        Rejected("driver_taken"),
     )
     await append(
         conn,

@@ -46,7 +46,7 @@ async def cancel_broadcast(deps: BroadcastDeps, conn: Conn, cmd: CancelBroadcast
     if row.state == "cancelled":
         return BroadcastRef(broadcast_id=row.broadcast_id, replayed=True)
     if timed_out(row, deps.clock()):
-        raise Rejected("request_expired", "Request expired")
+        raise Rejected("request_expired")
     cancelled = await live_assignments(conn, row.broadcast_id)
     event = BroadcastCancelled(
         broadcast_id=row.broadcast_id,

@@ -12,7 +12,6 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-from psycopg import errors
 
 from libs.events.catalogue import (
     BroadcastCreated,
@@ -22,13 +21,12 @@ from libs.events.catalogue import (
     TruckSlot,
 )
 from libs.events.commands import BroadcastRef, CreateBroadcast, Rejected
-from libs.events.store import ConcurrencyConflict, append
+from libs.events.store import append
 from libs.readmodel.broadcasts import insert_broadcast
 from services.broadcast.deps import BroadcastDeps
 from services.broadcast.matching import nearby_transporters
 
 Conn = psycopg.AsyncConnection[Any]
-ACTIVE_EXISTS = "Request already in progress. Cancel it first."
 
 
 async def active_broadcast(conn: Conn, customer_id: str) -> tuple[str, str] | None:
@@ -69,7 +67,7 @@ async def create_broadcast(deps: BroadcastDeps, conn: Conn, cmd: CreateBroadcast
     if active is not None:
         if active[1] == cmd.request_hash:
             return BroadcastRef(broadcast_id=active[0], replayed=True)
-        raise Rejected("active_broadcast_exists", ACTIVE_EXISTS, broadcastId=active[0])
+        raise Rejected("active_broadcast_exists", broadcastId=active[0])
     created = new_broadcast(deps, cmd)
     types = sorted({slot.vehicle_type for slot in created.truck_requests})
     notified = await nearby_transporters(conn, cmd.pickup, types, deps.radius_km)
@@ -84,17 +82,12 @@ async def create_broadcast(deps: BroadcastDeps, conn: Conn, cmd: CreateBroadcast
         )
         states.append("expired")
     await append(conn, f"broadcast-{created.broadcast_id}", 0, events)
-    try:
-        await insert_broadcast(
-            conn,
-            created,
-            states,
-            notified,
-            version=len(events),
-            end_reason=None if notified else "no_transporters",
-        )
-    except errors.UniqueViolation as e:
-        if e.diag.constraint_name == "broadcasts_one_active_per_customer":
-            raise ConcurrencyConflict(f"customer-{cmd.customer_id}", 0) from e
-        raise
+    await insert_broadcast(
+        conn,
+        created,
+        states,
+        notified,
+        version=len(events),
+        end_reason=None if notified else "no_transporters",
+    )
     return BroadcastRef(broadcast_id=created.broadcast_id)

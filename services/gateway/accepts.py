@@ -5,17 +5,14 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from libs.events.commands import AcceptSlots
-from services.gateway import reads
+from libs.readmodel import reads
 from services.gateway.bodies import AcceptBody, EmptyBody, decode
-from services.gateway.errors import ApiError, not_found
-from services.gateway.http import Call, json_response
+from services.gateway.errors import not_found
+from services.gateway.http import Call, json_response, result_of
 
 
 async def _accept(call: Call, command: AcceptSlots) -> Response:
-    reply = await call.execute(command)
-    if reply.result is None:
-        raise ApiError(500, "internal", "The acceptance service returned no result")
-    return json_response(bytes(reply.result))
+    return json_response(result_of(await call.execute(command)))
 
 
 async def accept_truck_request(call: Call) -> Response:

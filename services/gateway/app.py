@@ -24,10 +24,10 @@ from services.gateway.errors import EXCEPTION_HANDLERS
 from services.gateway.http import CommandSender, Deps
 from services.gateway.middleware import RequestContext
 from services.gateway.ratelimit import SharedLimiter
-from services.gateway.reads import TruckRequestIndex
 from services.gateway.realtime.endpoint import realtime_for, socket_route
 from services.gateway.realtime.hub import Hub
 from services.gateway.routes import api_routes
+from services.gateway.truck_requests import TruckRequestIndex
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +65,7 @@ def create_app(
             Middleware(RequestContext),
             Middleware(AuthFailureLimit, limiter=auth_failure_limiter(resources, config)),
         ],
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers=EXCEPTION_HANDLERS.as_mapping(),
         lifespan=gateway_lifespan(commands, realtime.hub),
     )
     # A path that names no route is 404, trailing slash included: Starlette's default answers a

@@ -7,12 +7,13 @@ import time
 from starlette.responses import Response
 
 from libs.events.commands import AssignDriver, SetAvailability
+from libs.readmodel import reads
 from libs.readmodel.presence import record_heartbeat
-from services.gateway import reads
+from libs.readmodel.views import assignment_view
 from services.gateway.bodies import AssignDriverBody, AvailabilityBody, decode
-from services.gateway.errors import ApiError, not_found
-from services.gateway.fleet_views import AssignmentList, assignment_view
-from services.gateway.http import Call, json_response
+from services.gateway.errors import not_found
+from services.gateway.fleet_views import AssignmentList
+from services.gateway.http import Call, json_response, result_of
 
 
 def _visible_to(row: reads.AssignmentRow, call: Call) -> bool:
@@ -68,9 +69,7 @@ async def set_availability(call: Call) -> Response:
     """`PUT drivers/me/availability`: the presence service's reply is the contract's body."""
     body = decode(call.body, AvailabilityBody)
     reply = await call.execute(SetAvailability(driver_id=call.principal.sub, online=body.online))
-    if reply.result is None:
-        raise ApiError(500, "internal", "The presence service returned no availability")
-    return json_response(bytes(reply.result))
+    return json_response(result_of(reply))
 
 
 async def heartbeat(call: Call) -> Response:

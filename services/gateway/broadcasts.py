@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from libs.events.catalogue import Location
 from libs.events.commands import BroadcastRef, CancelBroadcast, CreateBroadcast, TruckOrder
-from services.gateway import reads
+from libs.readmodel import reads
 from services.gateway.bodies import (
     CancelBody,
     CreateBroadcastBody,
@@ -17,8 +17,8 @@ from services.gateway.bodies import (
     check_distinct_types,
     decode,
 )
-from services.gateway.errors import ApiError, not_found
-from services.gateway.http import Call, json_response
+from services.gateway.errors import not_found
+from services.gateway.http import Call, json_response, result_of
 from services.gateway.idempotency import REPLAYED
 from services.gateway.views import BroadcastList, broadcast_view, notified_view
 
@@ -59,9 +59,7 @@ async def create_broadcast(call: Call) -> Response:
     body = decode(call.body, CreateBroadcastBody)
     check_distinct_types(body)
     reply = await call.execute(create_command(call.principal.sub, body))
-    if reply.result is None:
-        raise ApiError(500, "internal", "The broadcast service returned no broadcast")
-    ref = msgspec.json.decode(reply.result, type=BroadcastRef)
+    ref = msgspec.json.decode(result_of(reply), type=BroadcastRef)
     view = broadcast_view(await _owned(call, ref.broadcast_id))
     if ref.replayed or reply.replayed:
         return json_response(view, 200, dict(REPLAYED))

@@ -1,9 +1,10 @@
-"""Errors at the HTTP edge: one error type, the failure-code table, and the one exception-handler
-table that turns every error into the contract's body `{"error": {"code", "message", ...}}`."""
+"""Errors at the HTTP edge: one error type, its constructors (a service's failure code gets its
+status and message from `libs/events/failures.py`), and the one exception-handler table that
+turns every error into the contract's body `{"error": {"code", "message", ...}}`."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import msgspec
@@ -16,6 +17,8 @@ from starlette.responses import Response
 
 from libs.events.bus import CommandTimeout, CommandUnsettled
 from libs.events.commands import Failure
+from libs.events.failures import REFUSALS, FailureCode, message_for
+from libs.events.handlers import Handlers
 
 log = structlog.get_logger(__name__)
 
@@ -52,12 +55,20 @@ def unauthorized() -> ApiError:
     )
 
 
+def failure_error(
+    code: FailureCode, message: str | None = None, extra: Mapping[str, Any] | None = None
+) -> ApiError:
+    """The API error for failure `code` (`libs/events/failures.py`): its status, and its
+    message (the contract's where it fixes one)."""
+    return ApiError(REFUSALS[code].status, code, message_for(code, message), extra=extra)
+
+
 def forbidden(message: str = "Not allowed for this role") -> ApiError:
-    return ApiError(403, "forbidden", message)
+    return failure_error("forbidden", message)
 
 
 def not_found(message: str = "Not found") -> ApiError:
-    return ApiError(404, "not_found", message)
+    return failure_error("not_found", message)
 
 
 def invalid(field: str, problem: str) -> ApiError:
@@ -66,47 +77,16 @@ def invalid(field: str, problem: str) -> ApiError:
 
 
 def unavailable() -> ApiError:
-    return ApiError(503, "unavailable", "A dependency is unavailable; nothing was changed")
+    return failure_error("unavailable")
 
 
-# Status of each failure code a service may reply with.
-FAILURE_STATUS: dict[str, int] = {
-    "not_found": 404,
-    "forbidden": 403,
-    "not_notified": 403,
-    "active_broadcast_exists": 409,
-    "no_longer_available": 409,
-    "request_cancelled": 409,
-    "request_expired": 409,
-    "vehicle_taken": 409,
-    "driver_taken": 409,
-    "driver_offline": 409,
-    "driver_busy": 409,
-    "vehicle_busy": 409,
-    "vehicle_type_mismatch": 409,
-    "request_in_flight": 409,
-    "invalid_request": 422,
-    "idempotency_key_reused": 422,
-    "unavailable": 503,
-}
-
-# Codes whose message the contract fixes word for word.
-CONTRACT_MESSAGES: dict[str, str] = {
-    "active_broadcast_exists": "Request already in progress. Cancel it first.",
-    "no_longer_available": "No longer available",
-    "request_cancelled": "Request cancelled",
-    "request_expired": "Request expired",
-}
+def internal(message: str = "Internal error") -> ApiError:
+    return ApiError(500, "internal", message)
 
 
 def refused(failure: Failure) -> ApiError:
     """The API error for a command a service refused."""
-    status = FAILURE_STATUS.get(failure.code)
-    if status is None:
-        log.error("unknown_failure_code", code=failure.code, message=failure.message)
-        return ApiError(500, "internal", "Internal error")
-    message = CONTRACT_MESSAGES.get(failure.code, failure.message)
-    return ApiError(status, failure.code, message, extra=failure.details)
+    return failure_error(failure.code, failure.message, failure.details)
 
 
 def error_response(error: ApiError) -> Response:
@@ -122,13 +102,11 @@ def error_response(error: ApiError) -> Response:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
-async def _api_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
+async def _api_error(_request: Request, exc: ApiError) -> Response:
     return error_response(exc)
 
 
-async def _http_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
+async def _http_error(_request: Request, exc: HTTPException) -> Response:
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     return error_response(ApiError(exc.status_code, code, exc.detail, headers=exc.headers))
 
@@ -143,28 +121,28 @@ async def _outcome_unknown(_request: Request, exc: Exception) -> Response:
     say it was not. The keyed retry answers the outcome."""
     log.error("answered_without_outcome", error=repr(exc))
     message = "The outcome could not be confirmed; retry with the same Idempotency-Key to get it"
-    return error_response(ApiError(500, "internal", message))
+    return error_response(internal(message))
 
 
 async def _internal(_request: Request, exc: Exception) -> Response:
     log.error("unhandled_error", error=repr(exc), exc_info=exc)
-    return error_response(ApiError(500, "internal", "Internal error"))
+    return error_response(internal())
 
 
-ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
-
-# The one place where exceptions become responses.
-EXCEPTION_HANDLERS: dict[Any, ExceptionHandler] = {
-    ApiError: _api_error,
-    HTTPException: _http_error,
-    CommandTimeout: _unavailable,
-    CommandUnsettled: _outcome_unknown,
-    ChangedButUnread: _outcome_unknown,
-    redis.exceptions.ConnectionError: _unavailable,
-    redis.exceptions.TimeoutError: _unavailable,
-    psycopg.OperationalError: _unavailable,
-    Exception: _internal,
-}
+# The one place where exceptions become responses: Starlette (and `render`) calls the handler of
+# the nearest class in the exception's MRO.
+EXCEPTION_HANDLERS = (
+    Handlers[Exception, Request, Awaitable[Response]]()
+    .on(ApiError, _api_error)
+    .on(HTTPException, _http_error)
+    .on(CommandTimeout, _unavailable)
+    .on(CommandUnsettled, _outcome_unknown)
+    .on(ChangedButUnread, _outcome_unknown)
+    .on(redis.exceptions.ConnectionError, _unavailable)
+    .on(redis.exceptions.TimeoutError, _unavailable)
+    .on(psycopg.OperationalError, _unavailable)
+    .on(Exception, _internal)
+)
 
 
 async def render(request: Request, exc: Exception) -> Response:

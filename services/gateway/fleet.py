@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from libs.events.commands import RegisterDriver, RegisterVehicle, RemoveVehicle
-from services.gateway import reads
+from libs.readmodel import reads
 from services.gateway.bodies import DriverBody, VehicleBody, decode
 from services.gateway.errors import not_found
 from services.gateway.fleet_views import VehicleView, driver_list, driver_view

@@ -2,42 +2,12 @@
 
 from __future__ import annotations
 
-from services.gateway.reads import AssignmentRow, DriverRow
-from services.gateway.views import LocationView, View, iso_ms, location
-
-
-class AssignmentView(View, frozen=True, kw_only=True):
-    assignment_id: str
-    broadcast_id: str
-    truck_request_id: str
-    transporter_id: str
-    vehicle_type: str
-    state: str
-    driver_id: str | None
-    vehicle_id: str | None
-    pickup: LocationView
-    drop: LocationView
-    created_at: str | None
+from libs.readmodel.reads import DriverRow
+from libs.readmodel.views import AssignmentView, View, iso_ms
 
 
 class AssignmentList(View, frozen=True, kw_only=True):
     assignments: list[AssignmentView]
-
-
-def assignment_view(row: AssignmentRow) -> AssignmentView:
-    return AssignmentView(
-        assignment_id=row.assignment_id,
-        broadcast_id=row.broadcast_id,
-        truck_request_id=row.truck_request_id,
-        transporter_id=row.transporter_id,
-        vehicle_type=row.vehicle_type,
-        state=row.state,
-        driver_id=row.driver_id,
-        vehicle_id=row.vehicle_id,
-        pickup=location(row.pickup),
-        drop=location(row.drop_location),
-        created_at=iso_ms(row.created_at),
-    )
 
 
 class VehicleView(View, frozen=True, kw_only=True):

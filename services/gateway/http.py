@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 import psycopg
+import structlog
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from redis.asyncio import Redis
 from starlette.requests import Request
@@ -21,9 +22,9 @@ from libs.events.commands import AnyCommand, Reply
 from libs.runtime.tokens import Principal, Role
 from services.gateway.auth import KeySource, bearer_principal, require_role
 from services.gateway.config import GatewayConfig
-from services.gateway.errors import ApiError, ChangedButUnread, not_found, refused
+from services.gateway.errors import ApiError, ChangedButUnread, internal, not_found, refused
 from services.gateway.ratelimit import SharedLimiter, rate_limited
-from services.gateway.reads import TruckRequestIndex
+from services.gateway.truck_requests import TruckRequestIndex
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -32,6 +33,7 @@ DB_TIMEOUT_S = 5.0
 CHANGED_READ_S = 15.0
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
+log = structlog.get_logger(__name__)
 
 
 class CommandSender(Protocol):
@@ -111,6 +113,16 @@ class Call:
 
     def with_command_id(self, command_id: str) -> Call:
         return replace(self, command_id=command_id)
+
+
+def result_of(reply: Reply) -> bytes:
+    """The JSON of an accepted command's result. A reply without one (`null`, the default when
+    a service sent none) is a service bug: 500 `internal`, never a 200 with a `null` body."""
+    raw = bytes(reply.result)
+    if raw.strip() in (b"", b"null"):
+        log.error("command_reply_without_result", command_id=reply.command_id)
+        raise internal("The service returned no result")
+    return raw
 
 
 Handler = Callable[[Call], Awaitable[Response]]

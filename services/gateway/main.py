@@ -1,12 +1,11 @@
-"""The gateway service: HTTP API and WebSocket on `GATEWAY_HOST`:`GATEWAY_PORT`, and the
-projector that turns domain events into the users' WebSocket messages."""
+"""The gateway service: HTTP API and WebSocket on `GATEWAY_HOST`:`GATEWAY_PORT`. The users'
+messages come from their inboxes, which the fan-out service writes (`services/fanout`)."""
 
 from starlette.applications import Starlette
 
 from libs.runtime.keyring import open_keyring
 from libs.runtime.service import Resources, ServiceSpec
 from services.gateway.app import create_app
-from services.gateway.realtime.projector import RECORD_CONNECTIONS, run_projector
 
 
 def gateway_app(resources: Resources) -> Starlette:
@@ -20,6 +19,4 @@ SERVICE = ServiceSpec(
     default_port=8000,
     app=gateway_app,
     port_setting=lambda s: s.gateway_port,
-    tasks=(run_projector,),
-    dedicated_connections=RECORD_CONNECTIONS,
 )

@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
 from typing import Any
 
 import msgspec
-from msgspec import Struct
 
-from libs.runtime import clock
-from services.gateway.reads import Broadcast, TruckRequestRow
-
-
-def iso_ms(at: datetime | None) -> str | None:
-    """`2026-11-24T10:00:00.123Z` (UTC, milliseconds), or None."""
-    return None if at is None else clock.iso_ms(at)
-
-
-class View(Struct, frozen=True, kw_only=True, rename="camel"):
-    """Base of every response shape."""
-
-
-class LocationView(View, frozen=True, kw_only=True):
-    lat: float
-    lng: float
-    address: str | None = None
+from libs.readmodel.reads import Broadcast, TruckRequestRow
+from libs.readmodel.views import LocationView, View, iso_ms, location
 
 
 class TruckRequestView(View, frozen=True, kw_only=True):
@@ -63,10 +46,6 @@ class NotifiedBroadcastView(BroadcastView, frozen=True, kw_only=True):
 
 class BroadcastList(View, frozen=True, kw_only=True):
     broadcasts: list[NotifiedBroadcastView]
-
-
-def location(raw: dict[str, Any]) -> LocationView:
-    return msgspec.convert(raw, LocationView)
 
 
 def _request(request: TruckRequestRow, viewer: str | None) -> TruckRequestView:

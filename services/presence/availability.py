@@ -15,10 +15,11 @@ from typing import Any, Literal
 import psycopg
 
 from libs.events.catalogue import DriverAvailabilityChanged
+from libs.events.clock import iso_ms
 from libs.events.commands import Availability, Rejected, SetAvailability
 from libs.events.store import append
 from libs.readmodel.presence import Presence, lock_presence, set_presence
-from libs.runtime.clock import Clock, iso_ms
+from services.presence.deps import PresenceDeps
 
 Conn = psycopg.AsyncConnection[Any]
 Reason = Literal["requested", "heartbeat_timeout", "connected"]
@@ -46,7 +47,7 @@ async def change_availability(
     return envelope.recorded_at
 
 
-async def set_availability(clock: Clock, conn: Conn, cmd: SetAvailability) -> Availability:
+async def set_availability(deps: PresenceDeps, conn: Conn, cmd: SetAvailability) -> Availability:
     """Turn the driver online or offline; a repeat with no change records no event."""
     row = await lock_presence(conn, cmd.driver_id)
     if row is None:
@@ -56,6 +57,6 @@ async def set_availability(clock: Clock, conn: Conn, cmd: SetAvailability) -> Av
             conn, row, online=cmd.online, reason="requested", seen_at=None
         )
     else:
-        at = clock()
+        at = deps.clock()
         await set_presence(conn, row.driver_id, online=row.online, seen_at=at, version=row.version)
     return Availability(driver_id=row.driver_id, online=cmd.online, at=iso_ms(at))

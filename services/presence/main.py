@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-from libs.runtime.clock import utc_now
+from libs.events.clock import utc_now
 from libs.runtime.commands import run_commands
 from libs.runtime.service import Resources, ServiceSpec
-from services.presence.handlers import bind
+from services.presence.deps import PresenceDeps
+from services.presence.handlers import HANDLERS
 from services.presence.sweep import SweepConfig, Sweeper
 
 
 async def commands(resources: Resources, stop: asyncio.Event) -> None:
-    await run_commands(resources, bind(utc_now), stop)
+    await run_commands(resources, HANDLERS, PresenceDeps(utc_now), stop)
 
 
 async def sweep(resources: Resources, stop: asyncio.Event) -> None:

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from libs.events.clock import Clock
 from libs.readmodel.presence import (
     forget_heartbeats_before,
     heartbeats,
@@ -29,7 +30,6 @@ from libs.readmodel.presence import (
     stale_online,
     to_ms,
 )
-from libs.runtime.clock import Clock
 from services.presence.timeout import TimeOut, latest
 
 log = structlog.get_logger(__name__)

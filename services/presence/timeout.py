@@ -14,9 +14,9 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
+from libs.events.clock import Clock
 from libs.events.store import ConcurrencyConflict
 from libs.readmodel.presence import Conn, heartbeats, lock_presence
-from libs.runtime.clock import Clock
 from services.presence.availability import change_availability
 
 

@@ -19,11 +19,11 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from libs.events.catalogue import BroadcastExpired
+from libs.events.clock import Clock
 from libs.events.codec import encode
 from libs.events.metrics import EXPIRY_LATENESS
 from libs.events.store import ConcurrencyConflict, append_decided, event_type
 from libs.readmodel.broadcasts import EXPIRE_PAST_EXPIRY, active_expiries, expiry_params
-from libs.runtime.clock import Clock
 
 Conn = psycopg.AsyncConnection[Any]
 RETRIES = 5

@@ -7,38 +7,24 @@ cancelled or expired leaves no Redis key or set member behind.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
-
 from libs.events.catalogue import (
     BroadcastCancelled,
     BroadcastCreated,
     BroadcastExpired,
     BroadcastFilled,
-    Envelope,
-    Event,
 )
-from libs.events.dispatch import EventHandler
-from services.timer.store import TimerStore, due_ms
+from libs.events.dispatch import EventHandlers
+from services.timer.deps import TimerDeps
+from services.timer.store import due_ms
 
 
-@dataclass(frozen=True)
-class TimerDeps:
-    active: Callable[[str], Awaitable[bool]]  # whether a broadcast is still active (active.py)
-    store: TimerStore
-    wake: Any  # asyncio.Event of the firing loop
-
-
-async def schedule(deps: TimerDeps, envelope: Envelope) -> None:
+async def schedule(deps: TimerDeps, event: BroadcastCreated) -> None:
     """A new broadcast gets a timer at its `expiresAt`, unless it has one already (a rebuild
     scheduled it) or has already ended.
 
     Redis is asked first: after a restart with a backlog the rebuild has scheduled every active
     broadcast, so their events cost no query, and one whose timer already fired is not scheduled
     again (PostgreSQL, asked in batches, says it ended)."""
-    event = envelope.event
-    assert isinstance(event, BroadcastCreated)
     if await deps.store.holds(event.broadcast_id):
         return
     if await deps.active(event.broadcast_id):
@@ -46,27 +32,17 @@ async def schedule(deps: TimerDeps, envelope: Envelope) -> None:
         deps.wake.set()
 
 
-async def forget(deps: TimerDeps, envelope: Envelope) -> None:
+async def forget(
+    deps: TimerDeps, event: BroadcastFilled | BroadcastCancelled | BroadcastExpired
+) -> None:
     """A broadcast that ended loses its timer: no Redis state names it any more."""
-    event = envelope.event
-    assert isinstance(event, BroadcastFilled | BroadcastCancelled | BroadcastExpired)
     await deps.store.forget([event.broadcast_id])
 
 
-HANDLERS: dict[type[Event], Any] = {
-    BroadcastCreated: schedule,
-    BroadcastFilled: forget,
-    BroadcastCancelled: forget,
-    BroadcastExpired: forget,
-}
-
-
-def bind(deps: TimerDeps) -> dict[type[Event], EventHandler]:
-    return {kind: _bound(fn, deps) for kind, fn in HANDLERS.items()}
-
-
-def _bound(fn: Any, deps: TimerDeps) -> EventHandler:
-    async def handler(envelope: Envelope) -> None:
-        await fn(deps, envelope)
-
-    return handler
+HANDLERS = (
+    EventHandlers[TimerDeps]()
+    .on(BroadcastCreated, schedule)
+    .on(BroadcastFilled, forget)
+    .on(BroadcastCancelled, forget)
+    .on(BroadcastExpired, forget)
+)

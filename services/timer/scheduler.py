@@ -21,7 +21,7 @@ import structlog
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from redis.exceptions import RedisError
 
-from libs.runtime.clock import Clock
+from libs.events.clock import Clock
 from services.timer.expiry import expire, measure_lateness
 from services.timer.reconcile import rebuild
 from services.timer.store import RedisLostTimers, TimerStore, due_ms

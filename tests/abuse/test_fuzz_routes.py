@@ -45,9 +45,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from starlette.routing import Route as StarletteRoute
 
+from libs.events.failures import REFUSALS
 from libs.runtime.tokens import ROLES, Role, issue
 from services.gateway import bodies
-from services.gateway.errors import FAILURE_STATUS
 from services.gateway.http import Deps
 from services.gateway.routes import API, api_routes
 from tests.processes import Service, environment, services
@@ -72,13 +72,15 @@ CODES: dict[int, set[str]] = {
     404: {"not_found"},
     405: {"method_not_allowed"},
     408: {"request_timeout"},
+    409: {"request_in_flight"},
     413: {"payload_too_large"},
     414: {"uri_too_long"},
+    422: {"invalid_request", "idempotency_key_reused"},
     429: {"rate_limited"},
     431: {"headers_too_large"},
 }
-for _code, _status in FAILURE_STATUS.items():
-    CODES.setdefault(_status, set()).add(_code)
+for _code, _refusal in REFUSALS.items():
+    CODES.setdefault(_refusal.status, set()).add(_code)
 # A request that carries no valid access token never gets past authentication on a /v1 route.
 UNAUTHENTICATED = {401, 404, 405, 414, 431}
 

@@ -1,6 +1,6 @@
 """Hostile input at the HTTP edge (issue 11, items 3, 4, 5, 9 and 10), through a real gateway.
 
-Every case goes over a real socket to the shared gateway process (with the broadcast and
+Every case goes over a real socket to the module's gateway process (with the broadcast and
 acceptance services behind it) and checks the contract's error body; the NUL cases also check
 that PostgreSQL holds nothing new for the caller.
 """
@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +18,7 @@ import jwt
 import psycopg
 import pytest
 
-from tests.gateway.conftest import Gateway, new_id, start, stop
+from tests.gateway.conftest import Gateway, new_id
 from tests.gateway.helpers import create, error, register_vehicle, search, vehicle_type
 
 Conn = psycopg.AsyncConnection[Any]
@@ -29,21 +28,15 @@ DEEP = b'{"pickup": ' + b"[" * 5000 + b"]" * 5000 + b"}"
 
 
 @pytest.fixture(scope="module")
-def system(
-    service_env_module: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    """A gateway process with the broadcast and acceptance services behind it."""
-    logs: Path = tmp_path_factory.mktemp("http-abuse")
-    gateway = start(service_env_module, logs, ("broadcast", "acceptance"))
-    yield gateway
-    for proc in gateway.procs:
-        stop(proc)
+def gateway_services() -> tuple[str, ...]:
+    """The module's gateway has the broadcast and acceptance services behind it."""
+    return ("broadcast", "acceptance")
 
 
 @pytest.fixture
-async def api(system: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+async def api(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for that gateway, over real sockets."""
-    async with httpx.AsyncClient(base_url=system.url, timeout=15.0) as client:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=15.0) as client:
         yield client
 
 
@@ -90,7 +83,7 @@ BODY_ROUTES = [
 @pytest.mark.parametrize("keyed", [False, True])
 async def test_invalid_utf8_in_a_json_string_is_422(
     api: httpx.AsyncClient,
-    system: Gateway,
+    gateway: Gateway,
     method: str,
     url: str,
     role: Any,
@@ -99,7 +92,7 @@ async def test_invalid_utf8_in_a_json_string_is_422(
 ) -> None:
     """Bytes that are not UTF-8 inside a JSON string are 422 invalid_request (field `body`) on
     every body route, with or without an Idempotency-Key, never a 500."""
-    headers = system.auth(role)
+    headers = gateway.auth(role)
     if keyed and method == "POST":
         headers["Idempotency-Key"] = new_id("k")
     response = await post_raw(api, url, raw_json(template, BAD_UTF8), headers, method)
@@ -206,7 +199,7 @@ def nul_body(path: str, field: str) -> bytes:
 @pytest.mark.parametrize(("role", "method", "path", "field"), NUL_BODIES)
 async def test_nul_in_a_text_field_is_422_and_changes_nothing(
     api: httpx.AsyncClient,
-    system: Gateway,
+    gateway: Gateway,
     conn: Conn,
     role: Any,
     method: str,
@@ -219,7 +212,7 @@ async def test_nul_in_a_text_field_is_422_and_changes_nothing(
     caller, target = new_id(role[0]), new_id("x")
     before = await footprint(conn, caller, target)
     url = path.format(id=target)
-    response = await post_raw(api, url, nul_body(path, field), system.auth(role, caller), method)
+    response = await post_raw(api, url, nul_body(path, field), gateway.auth(role, caller), method)
     details = invalid(response, field)
     assert field in PATTERNED or "NUL" in details[0]["problem"], details
     assert await footprint(conn, caller, target) == before == []
@@ -227,26 +220,26 @@ async def test_nul_in_a_text_field_is_422_and_changes_nothing(
 
 async def test_nul_in_a_cancel_reason_is_422_and_the_broadcast_stays(
     api: httpx.AsyncClient,
-    system: Gateway,
+    gateway: Gateway,
     conn: Conn,
 ) -> None:
     """Cancelling a live broadcast with a NUL in `reason` is 422 naming `reason`; the broadcast
     is still active, with no new event."""
     kind, customer = vehicle_type(), new_id("c")
-    await register_vehicle(api, system, new_id("t"), kind)
-    created = await create(api, system, customer, search(kind))
+    await register_vehicle(api, gateway, new_id("t"), kind)
+    created = await create(api, gateway, customer, search(kind))
     assert created["state"] == "broadcasting"
     broadcast_id = created["broadcastId"]
     before = await footprint(conn, customer, broadcast_id)
     url = f"/v1/broadcasts/{broadcast_id}/cancel"
     content = b'{"reason": ' + with_nul().encode() + b"}"
-    invalid(await post_raw(api, url, content, system.auth("customer", customer)), "reason")
+    invalid(await post_raw(api, url, content, gateway.auth("customer", customer)), "reason")
     assert await footprint(conn, customer, broadcast_id) == before
     again = await api.get(
-        f"/v1/broadcasts/{broadcast_id}", headers=system.auth("customer", customer)
+        f"/v1/broadcasts/{broadcast_id}", headers=gateway.auth("customer", customer)
     )
     assert again.json()["state"] == "broadcasting"
-    await api.post(url, json={}, headers=system.auth("customer", customer))
+    await api.post(url, json={}, headers=gateway.auth("customer", customer))
 
 
 async def test_nul_in_a_refresh_token_is_422(api: httpx.AsyncClient) -> None:
@@ -257,7 +250,7 @@ async def test_nul_in_a_refresh_token_is_422(api: httpx.AsyncClient) -> None:
 
 async def test_nul_in_a_path_id_is_404_and_changes_nothing(
     api: httpx.AsyncClient,
-    system: Gateway,
+    gateway: Gateway,
     conn: Conn,
 ) -> None:
     """An id with a NUL (`%00`) in the path names nothing: 404 not_found, nothing stored."""
@@ -266,7 +259,7 @@ async def test_nul_in_a_path_id_is_404_and_changes_nothing(
     before = await footprint(conn, transporter, target)
     url = f"/v1/transporters/me/vehicles/{target}%00"
     body = {"vehicleType": vehicle_type(), "lat": 12.97, "lng": 77.59}
-    response = await api.put(url, json=body, headers=system.auth("transporter", transporter))
+    response = await api.put(url, json=body, headers=gateway.auth("transporter", transporter))
     assert set(error(response, 404, "not_found")) == {"code", "message"}
     assert await footprint(conn, transporter, target) == before == []
 
@@ -277,12 +270,12 @@ async def test_nul_in_a_path_id_is_404_and_changes_nothing(
 @pytest.mark.parametrize("keyed", [False, True])
 async def test_deeply_nested_json_is_422(
     api: httpx.AsyncClient,
-    system: Gateway,
+    gateway: Gateway,
     keyed: bool,
 ) -> None:
     """JSON nested 5,000 levels deep is 422 invalid_request, with and without an
     Idempotency-Key (whose request hash must not recurse into it), never a 500."""
-    headers = system.auth("customer")
+    headers = gateway.auth("customer")
     if keyed:
         headers["Idempotency-Key"] = new_id("k")
     invalid(await post_raw(api, "/v1/broadcasts", DEEP, headers))
@@ -332,15 +325,15 @@ def raw_get(url: str, path: str, host: str) -> bytes:
 )
 async def test_trailing_slash_is_404_not_a_redirect(
     api: httpx.AsyncClient,
-    system: Gateway,
+    gateway: Gateway,
     path: str,
 ) -> None:
     """A trailing slash names no route: 404 not_found with the error body and no Location,
     whatever the Host header says (no open redirect)."""
-    response = await api.get(path, headers={"Host": "evil.example", **system.auth("customer")})
+    response = await api.get(path, headers={"Host": "evil.example", **gateway.auth("customer")})
     assert "location" not in response.headers
     assert set(error(response, 404, "not_found")) == {"code", "message"}
-    answer = raw_get(system.url, path, "evil.example")
+    answer = raw_get(gateway.url, path, "evil.example")
     head = answer.split(b"\r\n\r\n", 1)[0].lower()
     assert head.startswith(b"http/1.1 404"), head
     assert b"location:" not in head and b"evil.example" not in answer
@@ -371,31 +364,31 @@ BAD_DATES: dict[str, tuple[str, Callable[[int], Any]]] = {
 @pytest.mark.parametrize("case", list(BAD_DATES))
 async def test_numeric_date_of_another_type_is_401(
     api: httpx.AsyncClient,
-    system: Gateway,
+    gateway: Gateway,
     case: str,
 ) -> None:
     """An `exp`, `iat` or `nbf` that is not a JSON number (a numeric string, a boolean, a list,
     null) is 401 unauthorized, both as an access token and as a refresh token."""
     name, value = BAD_DATES[case]
     claims = {name: value(int(time.time()))}
-    access = forged(system.access_secret, **claims)
+    access = forged(gateway.access_secret, **claims)
     response = await api.get(
         "/v1/customers/me/broadcasts/active", headers={"Authorization": f"Bearer {access}"}
     )
     assert set(error(response, 401, "unauthorized")) == {"code", "message"}
-    refresh = forged(system.refresh_secret, **claims)
+    refresh = forged(gateway.refresh_secret, **claims)
     response = await api.post("/v1/auth/refresh", json={"refreshToken": refresh})
     assert set(error(response, 401, "unauthorized")) == {"code", "message"}
 
 
 async def test_numeric_dates_as_numbers_are_accepted(
     api: httpx.AsyncClient,
-    system: Gateway,
+    gateway: Gateway,
 ) -> None:
     """Integer and fractional `exp`, `iat` and `nbf` numbers are valid NumericDates."""
     now = int(time.time())
     claims = {"exp": now + 600.5, "iat": now, "nbf": now - 10.25}
-    access = forged(system.access_secret, **claims)
+    access = forged(gateway.access_secret, **claims)
     response = await api.get(
         "/v1/customers/me/broadcasts/active", headers={"Authorization": f"Bearer {access}"}
     )

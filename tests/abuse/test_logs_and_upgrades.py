@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from libs.runtime.tokens import Role, issue
-from tests.gateway.conftest import Gateway, new_id, start, stop
+from tests.gateway.conftest import Gateway, new_id, started
 from tests.gateway.helpers import PICKUP, search, vehicle_type
 from tests.realtime.sockets import Socket
 
@@ -31,21 +31,9 @@ WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
 @pytest.fixture(scope="module")
-def database_url(module_database: str) -> str:
-    """The gateways' relays act on their whole database: this module has its own."""
-    return module_database
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    service_env_module: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    """One gateway process with a header timeout of one second, logging to a file."""
-    env = {**service_env_module, "HTTP_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT_S)}
-    gateway = start(env, tmp_path_factory.mktemp("heads"))
-    yield gateway
-    for proc in gateway.procs:
-        stop(proc)
+def gateway_settings() -> dict[str, str]:
+    """The module's gateway has a header timeout of one second."""
+    return {"HTTP_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT_S)}
 
 
 def port_of(gateway: Gateway) -> int:
@@ -267,8 +255,7 @@ async def test_refused_upgrades_log_at_info_at_most(
     """Upgrades refused for no token, a forged token, an expired one or a refresh token (in
     the header and in `?token=`) get 401 and leave no log line above INFO in the gateway's
     whole log."""
-    gateway = start({**service_env_module, "LOG_LEVEL": "INFO"}, tmp_path)
-    try:
+    with started({**service_env_module, "LOG_LEVEL": "INFO"}, tmp_path) as gateway:
         refused = refused_tokens(gateway)
         port = port_of(gateway)
         attempts = [upgrade("/v1/ws")]
@@ -278,9 +265,6 @@ async def test_refused_upgrades_log_at_info_at_most(
         for attempt in attempts:
             answer = await exchange(port, attempt)
             assert (answer.status, answer.error_code()) == (401, "unauthorized")
-    finally:
-        for proc in gateway.procs:
-            stop(proc)
     lines = log_lines(gateway.procs[-1].log)
     assert sum("WebSocket /v1/ws" in line for line in lines) >= len(attempts)
     loud = [line for line in lines if level_of(line) not in {"debug", "info"}]
@@ -359,13 +343,12 @@ class Story:
 
 @pytest.fixture
 def storyline(service_env_module: dict[str, str], tmp_path: Path) -> Iterator[Gateway]:
-    """A gateway with the broadcast, acceptance and presence services behind it, logging at
-    DEBUG (the most any level writes) to files; stopped by the test before it reads them."""
+    """A gateway with the broadcast, acceptance, presence and fan-out services behind it,
+    logging at DEBUG (the most any level writes) to files; stopped by the test before it reads
+    them."""
     env = {**service_env_module, "LOG_LEVEL": "DEBUG"}
-    gateway = start(env, tmp_path, ("broadcast", "acceptance", "presence"))
-    yield gateway
-    for proc in gateway.procs:
-        stop(proc)
+    with started(env, tmp_path, ("broadcast", "acceptance", "presence", "fanout")) as gateway:
+        yield gateway
 
 
 async def test_no_log_line_holds_a_credential(storyline: Gateway) -> None:
@@ -379,8 +362,7 @@ async def test_no_log_line_holds_a_credential(storyline: Gateway) -> None:
         finally:
             for socket in story.sockets:
                 await socket.close()
-    for proc in storyline.procs:
-        stop(proc)
+    storyline.stop()
     story.credentials["access signing key"] = storyline.access_secret
     story.credentials["refresh signing key"] = storyline.refresh_secret
     lines = {proc.log: log_lines(proc.log) for proc in storyline.procs}

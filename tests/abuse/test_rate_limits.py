@@ -18,18 +18,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from libs.runtime.tokens import issue
-from tests.gateway.conftest import Gateway, free_port, new_id, start, stop
+from tests.gateway.conftest import Gateway, new_id, started
+from tests.processes import free_port
 
 CALLS_PER_MINUTE = 4
 FAILURES_PER_MINUTE = 3
 PROXY = "127.0.0.3"  # the one peer whose X-Forwarded-For the gateways trust
 ACTIVE = "/v1/customers/me/broadcasts/active"  # a read: 404 while the customer has none
-
-
-@pytest.fixture(scope="module")
-def database_url(module_database: str) -> str:
-    """The gateways' relay acts on its whole database: this module has its own."""
-    return module_database
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +39,8 @@ def gateways(
         "FORWARDED_ALLOW_IPS": PROXY,
     }
     logs = tmp_path_factory.mktemp("rate-limits")
-    pair = (start(env, logs), start(env, logs))
-    yield pair
-    for gateway in pair:
-        for proc in gateway.procs:
-            stop(proc)
+    with started(env, logs) as first, started(env, logs) as second:
+        yield first, second
 
 
 class Clients:
@@ -208,14 +200,10 @@ async def test_bare_gateway_trusts_no_forwarded_for(
     peer (uvicorn's own default trusts 127.0.0.1): a local client cannot escape the limit."""
     env = {**service_env_module, "AUTH_FAILURES_PER_MINUTE": str(FAILURES_PER_MINUTE)}
     env.pop("FORWARDED_ALLOW_IPS", None)
-    gateway = start(env, tmp_path_factory.mktemp("rate-limits-bare"))
-    try:
+    with started(env, tmp_path_factory.mktemp("rate-limits-bare")) as gateway:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
             statuses = await spoofing_failures(client, FAILURES_PER_MINUTE + 2)
         assert statuses == [401] * FAILURES_PER_MINUTE + [429, 429]
-    finally:
-        for proc in gateway.procs:
-            stop(proc)
 
 
 async def test_trusted_proxy_forwarded_for_names_the_client(
@@ -245,14 +233,11 @@ async def test_limits_hold_in_process_while_redis_is_unreachable(
         "RATE_LIMIT_PER_MINUTE": str(CALLS_PER_MINUTE),
         "AUTH_FAILURES_PER_MINUTE": str(FAILURES_PER_MINUTE),
     }
-    gateway = start(env, tmp_path_factory.mktemp("rate-limits-no-redis"), healthy=False)
-    try:
+    logs = tmp_path_factory.mktemp("rate-limits-no-redis")
+    with started(env, logs, healthy=False) as gateway:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
             caller = gateway.auth("customer")
             calls = [(await client.get(ACTIVE, headers=caller)).status_code for _ in range(5)]
             assert calls == [404] * CALLS_PER_MINUTE + [429]
             failed = [(await client.get(ACTIVE)).status_code for _ in range(4)]
             assert failed == [401] * FAILURES_PER_MINUTE + [429]
-    finally:
-        for proc in gateway.procs:
-            stop(proc)

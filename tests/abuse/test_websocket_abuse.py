@@ -9,7 +9,7 @@ message ever had gets `resync_required` and then live frames.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
 import psycopg
@@ -18,9 +18,9 @@ from websockets.exceptions import ConnectionClosed
 
 from libs.events.catalogue import DriverAvailabilityChanged
 from libs.events.store import append
+from libs.inbox.inbox import parse_id
 from libs.runtime.tokens import Role
-from services.gateway.realtime.inbox import parse_id
-from tests.gateway.conftest import Gateway, new_id, start, stop
+from tests.gateway.conftest import Gateway, new_id
 from tests.realtime.sockets import Frame, Socket
 
 MAX_FRAME = 4096  # CONTRACT.md section 7: a client frame over 4 KiB closes the socket with 1009
@@ -31,24 +31,6 @@ PING = '{"type":"ping"}'
 PONG: Frame = {"type": "pong"}
 RESYNC: Frame = {"type": "resync_required"}
 LARGEST_PART = 2**64 - 1  # each part of a Redis stream id is a 64-bit unsigned integer
-
-
-@pytest.fixture(scope="module")
-def database_url(module_database: str) -> str:
-    """The gateway's relay and projector act on its whole database: this module has its own."""
-    return module_database
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    service_env_module: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    """One gateway process, logging to a file. It runs the relay and the projector, so an event
-    appended to PostgreSQL reaches its sockets."""
-    gateway = start(service_env_module, tmp_path_factory.mktemp("ws-abuse"))
-    yield gateway
-    for proc in gateway.procs:
-        stop(proc)
 
 
 class Sockets:
@@ -65,6 +47,12 @@ class Sockets:
         socket.role, socket.sub = role, sub
         self.opened.append(socket)
         return socket
+
+
+@pytest.fixture(scope="module")
+def gateway_services() -> tuple[str, ...]:
+    """The fan-out service writes the inbox messages the module's sockets receive."""
+    return ("fanout",)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ DEAD_REDIS = "redis://127.0.0.1:9/0"
 
 def weelo(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "libs.runtime.cli", *args],
+        [sys.executable, "-m", "libs.cli", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

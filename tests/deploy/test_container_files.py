@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from libs.runtime.cli import SERVICES
+from libs.cli import SERVICES
 from libs.runtime.service import SHUTDOWN_TIMEOUT_S
 from tests.deploy.conftest import ROOT
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from cfnlint.decode import cfn_yaml
 
-from libs.runtime.cli import SERVICES
+from libs.cli import SERVICES
 from libs.runtime.settings import load_settings
 from libs.runtime.tokens import REFRESH_TTL_S
 from tests.deploy.conftest import ROOT

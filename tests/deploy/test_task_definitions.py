@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from libs.runtime.cli import SERVICES
+from libs.cli import SERVICES
 from libs.runtime.secrets import PREVIOUS_KEY_LISTS, SECRET_KEYS
 from libs.runtime.service import SHUTDOWN_TIMEOUT_S
 from tests.deploy.conftest import ROOT
@@ -83,7 +83,8 @@ def test_stop_timeout_exceeds_the_services_own_shutdown(name: str) -> None:
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_health_check_probes_the_port_the_service_listens_on(name: str) -> None:
-    """The container health check calls /livez on the service's own port, which is exposed."""
+    """The container health check calls /livez (never /health) on the service's own port,
+    which is exposed."""
     spec = container(name)
     env = {e["name"]: e["value"] for e in spec["environment"]}
     port = int(env["GATEWAY_PORT"] if name == "gateway" else env["HEALTH_PORT"])
@@ -91,6 +92,7 @@ def test_health_check_probes_the_port_the_service_listens_on(name: str) -> None:
     assert env["GATEWAY_HOST"] == "0.0.0.0"
     command = " ".join(spec["healthCheck"]["command"])
     assert f"http://127.0.0.1:{port}/livez" in command
+    assert "/health" not in command, "a container check must not depend on PostgreSQL or Redis"
     assert [m["containerPort"] for m in spec["portMappings"]] == [port]
     assert spec["command"] == ["run", name]
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import pytest
 from redis.asyncio import Redis
 
 from libs.events.dispatch import envelope_of, stream_key
 from libs.events.retry import Failures
 from libs.events.runner import Delivery
-from services.gateway.realtime.projector import RUNNER as PROJECTOR_RUNNER
+from services.fanout.projector import RUNNER as PROJECTOR_RUNNER
 from tests.events.helpers import eventually
 from tests.events.runners import Running, make_runner, pending_count, probe_entry
 
@@ -55,6 +56,7 @@ async def add(redis: Redis, stream: str, *keys: Key) -> list[str]:
     return [i.decode() for i in ids]
 
 
+@pytest.mark.slow  # waits out retry pauses
 async def test_a_failed_entry_holds_its_key_while_other_keys_go_on(
     redis: Redis, prefix: str, running: Running
 ) -> None:

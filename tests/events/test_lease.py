@@ -100,6 +100,7 @@ def _in_token_order(entries: list[tuple[str, int]]) -> bool:
     return tokens == sorted(tokens)
 
 
+@pytest.mark.process  # `holders` starts lease_proc processes
 async def test_a_frozen_holder_is_replaced_within_10_s_and_writes_nothing_once_awake(
     holders: Holders, redis: Redis
 ) -> None:
@@ -119,6 +120,7 @@ async def test_a_frozen_holder_is_replaced_within_10_s_and_writes_nothing_once_a
     assert {h for h, _ in entries} == {"first", "second"}
 
 
+@pytest.mark.process  # `holders` starts lease_proc processes
 async def test_a_killed_holder_is_replaced_within_10_s(holders: Holders, redis: Redis) -> None:
     """SIGKILL the holder: the process standing by takes the role within 10 s."""
     holders.start("first")
@@ -130,6 +132,7 @@ async def test_a_killed_holder_is_replaced_within_10_s(holders: Holders, redis: 
     assert _in_token_order(await _entries(redis, holders.log))
 
 
+@pytest.mark.process  # `holders` starts lease_proc processes
 async def test_a_holder_that_stops_hands_the_role_over_at_once(
     holders: Holders, redis: Redis
 ) -> None:

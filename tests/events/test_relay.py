@@ -67,6 +67,7 @@ async def _drain_outbox(database_url: str) -> None:
         await c.execute("DELETE FROM outbox")
 
 
+@pytest.mark.process  # the writer is a process
 async def test_event_committed_by_a_writer_killed_before_publishing_is_published(
     pool: AsyncConnectionPool, database_url: str, redis: Redis, prefix: str
 ) -> None:

@@ -83,6 +83,7 @@ async def test_after_a_wipe_events_that_committed_out_of_position_order_all_retu
     await eventually(lambda: _has(redis, target, late, [1]), timeout=BACK_WITHIN_S)
 
 
+@pytest.mark.process  # a private redis-server process
 async def test_the_newest_writes_lost_by_a_restart_from_an_older_snapshot_return(
     pool: AsyncConnectionPool,
     prefix: str,

@@ -9,12 +9,13 @@ import time
 from datetime import datetime
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from libs.events.retry import Failures, pause_s
 from libs.events.runner import Delivery, PoisonMessage, RunnerConfig
 from libs.runtime.commands import COMMAND_RUNNER
-from services.gateway.realtime.projector import RUNNER as PROJECTOR_RUNNER
+from services.fanout.projector import RUNNER as PROJECTOR_RUNNER
 from tests.events.helpers import eventually
 from tests.events.runners import Running, make_runner, pending_count, probe_entry
 
@@ -57,6 +58,7 @@ def test_every_runner_retries_for_at_least_ten_minutes() -> None:
         assert config.retry_max_pause_s <= 60.0
 
 
+@pytest.mark.slow  # waits out the retry window
 async def test_a_failing_entry_is_retried_with_growing_pauses_then_dead_lettered_after_the_window(
     redis: Redis, prefix: str, running: Running
 ) -> None:
@@ -91,6 +93,7 @@ async def _at_least(items: list[Any], count: int) -> bool:
     return len(items) >= count
 
 
+@pytest.mark.slow  # waits out retry pauses
 async def test_an_entry_that_fails_for_a_while_then_succeeds_is_handled_not_dead_lettered(
     redis: Redis, prefix: str, running: Running
 ) -> None:
@@ -122,6 +125,7 @@ async def _no_records(failures: Failures) -> bool:
     return await failures.entries() == []
 
 
+@pytest.mark.slow  # waits out the retry window
 async def test_the_window_counts_from_the_first_failure_when_another_consumer_takes_over(
     redis: Redis, prefix: str, running: Running
 ) -> None:
@@ -151,8 +155,11 @@ async def test_the_window_counts_from_the_first_failure_when_another_consumer_ta
     running.start(make_runner(redis, stream, handle, consumer="second", config=config))
     await eventually(lambda: _has_dead_letter(redis, stream), timeout=10)
     [dead] = await dead_letters(redis, stream)
-    assert abs(_ms(dead[b"firstFailure"]) - attempts[0]) < 50
-    assert _ms(dead[b"firstFailure"]) < took_over
+    first = _ms(dead[b"firstFailure"])  # Redis's clock, whole ms: the machine's clock too
+    assert (
+        attempts[0] - 1 <= first <= attempts[1]
+    )  # recorded after the first failure, before the next
+    assert first < took_over
     assert dead[b"consumer"] == b"second"
 
 

@@ -106,6 +106,7 @@ async def effects(conn: psycopg.AsyncConnection) -> psycopg.AsyncConnection:
     return conn
 
 
+@pytest.mark.process  # the consumer that is killed is a process
 @pytest.mark.parametrize("phase", ["after-commit", "before-commit"] * 3)
 async def test_message_of_a_killed_consumer_is_processed_by_another_once_in_effect(
     redis: Redis,

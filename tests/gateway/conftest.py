@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -26,20 +23,13 @@ import pytest
 
 from libs.runtime.tokens import Role, issue
 from tests.keys import forget_keys
-from tests.processes import DB_POOL_SIZE
+from tests.processes import DB_POOL_SIZE, free_port, start_service, terminate
 
 if TYPE_CHECKING:
     from tests.gateway.seed import Seeder
 
-ROOT = Path(__file__).resolve().parents[2]
 START_WITHIN_S = 30.0
 STOP_WITHIN_S = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -54,25 +44,11 @@ class Proc:
 
 def spawn(service: str, env: Mapping[str, str], logs: Path) -> Proc:
     log = logs / f"{service}-{uuid.uuid4().hex[:6]}.log"
-    with open(log, "wb") as out:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "libs.runtime.cli", "run", service],
-            cwd=ROOT,
-            env=dict(env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return Proc(service, popen, log)
+    return Proc(service, start_service(service, env, log), log)
 
 
 def stop(proc: Proc) -> None:
-    if proc.popen.poll() is None:
-        proc.popen.send_signal(signal.SIGTERM)
-        try:
-            proc.popen.wait(STOP_WITHIN_S)
-        except subprocess.TimeoutExpired:
-            proc.popen.kill()
-            proc.popen.wait()
+    terminate(proc.popen, STOP_WITHIN_S)
 
 
 def wait_answering(proc: Proc, url: str, *, healthy: bool = True) -> None:
@@ -114,6 +90,11 @@ class Gateway:
         self.procs.insert(0, spawn(service, {**self.env, "HEALTH_PORT": str(health)}, self.logs))
         wait_answering(self.procs[0], f"http://127.0.0.1:{health}/health")
 
+    def stop(self) -> None:
+        """Stop every process of this gateway (SIGTERM, a kill if one overstays)."""
+        for proc in self.procs:
+            stop(proc)
+
     def token(self, role: Role, sub: str | None = None, ttl_s: int = 600) -> str:
         return issue(self.access_secret, role=role, sub=sub or new_id(role), ttl_s=ttl_s)
 
@@ -137,10 +118,21 @@ def start(
         gateway.procs.append(spawn("gateway", {**env, "GATEWAY_PORT": str(port)}, logs))
         wait_answering(gateway.procs[-1], f"{gateway.url}/health", healthy=healthy)
     except BaseException:
-        for proc in gateway.procs:
-            stop(proc)
+        gateway.stop()
         raise
     return gateway
+
+
+@contextlib.contextmanager
+def started(
+    env: Mapping[str, str], logs: Path, services: tuple[str, ...] = (), *, healthy: bool = True
+) -> Iterator[Gateway]:
+    """`start`, and stop every process of it afterwards."""
+    gateway = start(env, logs, services, healthy=healthy)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 @pytest.fixture(scope="session")
@@ -160,10 +152,8 @@ def system(
         JWT_REFRESH_SECRET=f"gateway-refresh-secret-{run}-" + "r" * 48,
         DB_POOL_SIZE=DB_POOL_SIZE,
     )
-    gateway = start(env, tmp, ("broadcast", "acceptance"))
-    yield gateway
-    for proc in gateway.procs:
-        stop(proc)
+    with started(env, tmp, ("broadcast", "acceptance")) as gateway:
+        yield gateway
     forget_keys(redis_url, env["REDIS_KEY_PREFIX"])
 
 
@@ -188,16 +178,15 @@ StartGateway = Callable[..., Gateway]
 @pytest.fixture
 def start_gateway(service_env: dict[str, str], tmp_path: Path) -> Iterator[StartGateway]:
     """Start a gateway of this test's own (no services behind it) with extra environment."""
-    started: list[Gateway] = []
+    gateways: list[Gateway] = []
 
     def run(healthy: bool = True, **extra: str) -> Gateway:
-        started.append(start({**service_env, **extra}, tmp_path, healthy=healthy))
-        return started[-1]
+        gateways.append(start({**service_env, **extra}, tmp_path, healthy=healthy))
+        return gateways[-1]
 
     yield run
-    for gateway in started:
-        for proc in gateway.procs:
-            stop(proc)
+    for gateway in gateways:
+        gateway.stop()
 
 
 @pytest.fixture

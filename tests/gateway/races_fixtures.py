@@ -25,7 +25,8 @@ import psycopg
 import pytest
 
 from libs.runtime.tokens import Role
-from tests.gateway.conftest import Gateway, free_port, new_id, spawn, stop, wait_answering
+from tests.gateway.conftest import Gateway, new_id, spawn, stop, wait_answering
+from tests.processes import free_port
 
 RACE_SERVICES = ("broadcast", "broadcast", "acceptance", "acceptance")
 LANES = 25

@@ -10,8 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway.conftest import Gateway, StartGateway, free_port
+from tests.gateway.conftest import Gateway, StartGateway
 from tests.gateway.helpers import error, valid_search
+from tests.processes import free_port
 
 ACTIVE = "/v1/customers/me/broadcasts/active"
 LIMIT = 64 * 1024

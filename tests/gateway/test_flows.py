@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from tests.gateway.conftest import Gateway, new_id
 from tests.gateway.helpers import (
@@ -17,9 +18,13 @@ from tests.gateway.helpers import (
     vehicle_type,
 )
 
+RACERS = 60
+
 
 async def test_vehicle_registration_and_removal(api: httpx.AsyncClient, system: Gateway) -> None:
-    """PUT a vehicle is 200 with the vehicle; another transporter's id is 409; DELETE is 204."""
+    """PUT a vehicle is 200 with the vehicle; another transporter's id is 409; DELETE is 204 and
+    the vehicle is gone: a search at its position for its type (no other vehicle has it) reaches
+    no one."""
     owner, kind, vehicle_id = new_id("t"), vehicle_type(), new_id("v")
     url = f"/v1/transporters/me/vehicles/{vehicle_id}"
     body = {"vehicleType": kind, "lat": 12.97, "lng": 77.59}
@@ -35,6 +40,29 @@ async def test_vehicle_registration_and_removal(api: httpx.AsyncClient, system: 
     error(taken, 409, "vehicle_taken")
     removed = await api.delete(url, headers=system.auth("transporter", owner))
     assert removed.status_code == 204 and removed.content == b""
+    after = await create(api, system, new_id("c"), search(kind))
+    assert (after["state"], after["endReason"]) == ("expired", "no_transporters"), after
+    assert after["notifiedTransporters"] == 0
+
+
+@pytest.mark.parametrize("who", ["its owner", "another transporter"])
+async def test_a_removed_vehicle_id_can_be_registered_again(
+    api: httpx.AsyncClient, system: Gateway, who: str
+) -> None:
+    """After DELETE the id belongs to no one: its owner or another transporter may PUT it again
+    (200, and a search finds it), never vehicle_taken or a 5xx."""
+    owner, kind, vehicle_id = new_id("t"), vehicle_type(), new_id("v")
+    url = f"/v1/transporters/me/vehicles/{vehicle_id}"
+    body = {"vehicleType": kind, "lat": PICKUP["lat"], "lng": PICKUP["lng"]}
+    put = await api.put(url, json=body, headers=system.auth("transporter", owner))
+    assert put.status_code == 200, put.text
+    removed = await api.delete(url, headers=system.auth("transporter", owner))
+    assert removed.status_code == 204, removed.text
+    again_by = owner if who == "its owner" else new_id("t")
+    again = await api.put(url, json=body, headers=system.auth("transporter", again_by))
+    assert again.status_code == 200, again.text
+    found = await create(api, system, new_id("c"), search(kind))
+    assert (found["state"], found["notifiedTransporters"]) == ("broadcasting", 1), found
 
 
 async def test_driver_registration(api: httpx.AsyncClient, system: Gateway) -> None:
@@ -217,17 +245,28 @@ async def test_accept_after_cancel_is_409(api: httpx.AsyncClient, system: Gatewa
     assert body["message"] == "Request cancelled"
 
 
-async def test_concurrent_accepts_win_a_slot_once(api: httpx.AsyncClient, system: Gateway) -> None:
-    """Many transporters accepting the one slot at once: exactly one 200, the rest 409."""
+@pytest.mark.parametrize("round_", range(3))
+async def test_concurrent_accepts_win_a_slot_once(system: Gateway, round_: int) -> None:
+    """60 transporters, each on its own connection, accepting the one slot at once: exactly one
+    200 holding that slot, the rest 409 no_longer_available with none left. (The two-gateway,
+    two-consumer version of this race is tests/gateway/test_races.py.)"""
     kind = vehicle_type()
-    transporters = [new_id("t") for _ in range(6)]
-    for transporter in transporters:
-        await register_vehicle(api, system, transporter, kind)
-    created = await create(api, system, new_id("c"), search(kind))
-    slot = created["truckRequests"][0]["truckRequestId"]
-    calls = [
-        api.post(f"/v1/truck-requests/{slot}/accept", headers=system.auth("transporter", t))
-        for t in transporters
-    ]
-    statuses = sorted(r.status_code for r in await asyncio.gather(*calls))
-    assert statuses == [200] + [409] * 5
+    transporters = [new_id("t") for _ in range(RACERS)]
+    limits = httpx.Limits(max_connections=RACERS, max_keepalive_connections=RACERS)
+    async with httpx.AsyncClient(base_url=system.url, timeout=30.0, limits=limits) as api:
+        await asyncio.gather(*(register_vehicle(api, system, t, kind) for t in transporters))
+        created = await create(api, system, new_id("c"), search(kind))
+        assert created["notifiedTransporters"] == RACERS
+        slot = created["truckRequests"][0]["truckRequestId"]
+        responses = await asyncio.gather(
+            *(
+                api.post(f"/v1/truck-requests/{slot}/accept", headers=system.auth("transporter", t))
+                for t in transporters
+            )
+        )
+    won = [r for r in responses if r.status_code == 200]
+    assert len(won) == 1, sorted(r.status_code for r in responses)
+    assert [a["truckRequestId"] for a in won[0].json()["assignments"]] == [slot]
+    for response in responses:
+        if response is not won[0]:
+            assert error(response, 409, "no_longer_available")["available"] == 0

@@ -7,11 +7,11 @@ import pytest
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from libs.runtime.probes import free_port
+from libs.local.probes import free_port
 from services.gateway.bodies import CreateBroadcastBody, field_problem
 from services.gateway.broadcasts import search_hash
 from services.gateway.ratelimit import REDIS_RETRY_S, RateLimiter, SharedLimiter
-from services.gateway.reads import TruckRequestIndex
+from services.gateway.truck_requests import TruckRequestIndex
 
 
 class Clock:

@@ -28,7 +28,7 @@ db = races_fixtures.db
 Conn = psycopg.AsyncConnection[Any]
 
 ROUNDS = 3
-RACERS = 15
+RACERS = 50
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +205,7 @@ async def test_a_vehicle_of_another_type_is_409_and_changes_nothing(
 async def test_one_vehicle_sent_to_many_assignments_at_once_is_booked_once(
     round_: int, cluster: Cluster, lanes: Lanes, client: httpx.AsyncClient, db: Conn
 ) -> None:
-    """15 assignments, each with its own free online driver, all naming one vehicle at once:
+    """50 assignments, each with its own free online driver, all naming one vehicle at once:
     exactly one 200, the rest 409 vehicle_busy, and PostgreSQL holds one active assignment."""
     transporter, kind = new_id("t"), vehicle_type()
     vehicle = await _vehicle(client, cluster, transporter, kind)

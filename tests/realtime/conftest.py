@@ -1,25 +1,30 @@
-"""Two gateway processes with the broadcast, acceptance, timer and presence services behind
-them, as real processes on their own database and Redis key prefix, for one test module.
+"""Two gateway processes with the broadcast, acceptance, timer and presence services and two
+fan-out processes behind them, as real processes on their own database and Redis key prefix, for
+one test module.
 
 A module may override `settings` to change the services' environment (a short presence TTL).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
+from libs.events.lease import projector_role
 from libs.runtime.tokens import Role, issue
 from tests.processes import Service, environment, services, wait_healthy
 from tests.realtime.sockets import Socket
 
 GATEWAYS = 2
 BACKEND = ("broadcast", "acceptance", "timer", "presence")
+FANOUTS = 2  # the lease decides which one projects
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +47,7 @@ class System:
     env: dict[str, str]
     procs: dict[str, Service]
     gateways: list[Service]
+    fanouts: list[Service]
     turn: int = 0
 
     def url(self, gateway: int | None = None) -> str:
@@ -78,18 +84,45 @@ class System:
         wait_healthy(new.port, new.proc)
         self.gateways[index] = new
 
+    def restart_fanout(self, index: int) -> None:
+        """Start fan-out `index` again after it was stopped or killed."""
+        new = Service("fanout", self.env)
+        wait_healthy(new.port, new.proc)
+        self.fanouts[index] = new
+
+    async def projecting(self) -> int:
+        """The index in `fanouts` of the process holding the projector's lease."""
+        pid = await projector_pid(self.env["DATABASE_URL"], self.env["REDIS_KEY_PREFIX"])
+        return next(i for i, f in enumerate(self.fanouts) if f.proc.pid == pid)
+
+
+async def projector_pid(database_url: str, prefix: str) -> int:
+    """The pid of the fan-out holding the projector's lease (its instance name holds it)."""
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        for _ in range(200):
+            cur = await conn.execute(
+                "SELECT holder FROM leases WHERE role = %s AND expires_at > now()",
+                (projector_role(prefix),),
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                return int(str(row[0]).split("-")[-2])
+            await asyncio.sleep(0.05)
+    raise AssertionError("no fan-out holds the projector's lease")
+
 
 @pytest.fixture(scope="module")
 def system(service_env_module: dict[str, str], settings: dict[str, str]) -> Iterator[System]:
     secrets = {k: v + "-" + "x" * 32 for k, v in service_env_module.items() if k.startswith("JWT_")}
     env = environment(service_env_module, **secrets, **settings)
-    names = [*(["gateway"] * GATEWAYS), *BACKEND]
+    names = [*(["gateway"] * GATEWAYS), *BACKEND, *(["fanout"] * FANOUTS)]
     with services(names, env) as procs:
         gateways = [procs["gateway"], *(procs[f"gateway-{i}"] for i in range(1, GATEWAYS))]
-        system = System(env, procs, gateways)
+        fanouts = [p for p in procs.values() if p.name == "fanout"]
+        system = System(env, procs, gateways, fanouts)
         yield system
-        for gateway in system.gateways:
-            gateway.stop()
+        for process in (*system.gateways, *system.fanouts):
+            process.stop()
 
 
 @pytest.fixture

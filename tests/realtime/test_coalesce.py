@@ -18,8 +18,8 @@ from libs.events.catalogue import BroadcastFilled, DomainEvent, Envelope
 from libs.events.codec import ENVELOPE_FIELD, encode
 from libs.events.runner import Delivery
 from libs.events.store import append
-from services.gateway.realtime.inbox import Inbox
-from services.gateway.realtime.projector import Projector
+from libs.inbox.inbox import Inbox
+from services.fanout.projector import Projector
 from tests.realtime.test_units import CREATED, STARTED, accepted
 
 Conn = psycopg.AsyncConnection[Any]

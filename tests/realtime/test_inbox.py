@@ -10,9 +10,9 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
+from libs.inbox.inbox import Inbox, Message, parse_id
+from services.fanout.frames import Frame, StateChanged
 from services.gateway.realtime.connection import LAGGING_CLOSE, Connection
-from services.gateway.realtime.frames import Frame, Message, StateChanged
-from services.gateway.realtime.inbox import Inbox, parse_id
 from tests.events.helpers import eventually
 
 

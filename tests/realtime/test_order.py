@@ -29,8 +29,8 @@ from libs.events.codec import ENVELOPE_FIELD, encode
 from libs.events.dispatch import stream_key
 from libs.events.runner import StreamRunner, ensure_group
 from libs.events.store import append
-from services.gateway.realtime.inbox import Inbox
-from services.gateway.realtime.projector import GROUP, RUNNER, Projector
+from libs.inbox.inbox import Inbox
+from services.fanout.projector import GROUP, RUNNER, Projector
 from tests.events.helpers import eventually
 from tests.realtime.test_units import CREATED, STARTED, accepted
 

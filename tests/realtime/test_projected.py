@@ -20,9 +20,9 @@ from libs.events.catalogue import Envelope
 from libs.events.codec import ENVELOPE_FIELD, encode
 from libs.events.runner import Delivery
 from libs.events.store import append
-from services.gateway.realtime.inbox import Inbox
-from services.gateway.realtime.projected import RecordNotWritten
-from services.gateway.realtime.projector import Projector
+from libs.inbox.inbox import Inbox
+from services.fanout.projected import RecordNotWritten
+from services.fanout.projector import Projector
 from tests.events.helpers import eventually
 from tests.realtime.test_units import CREATED, STARTED, accepted
 

@@ -1,23 +1,21 @@
-"""The projector is a fenced lease (contract section 8): when the gateway holding it freezes, the
-other gateway projects within 10 s, and the frozen one, woken up, writes nothing to an inbox
+"""The projector is a fenced lease (contract section 8): when the fan-out holding it freezes, the
+other fan-out projects within 10 s, and the frozen one, woken up, writes nothing to an inbox
 (real gateways and services, real PostgreSQL and Redis)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from redis.asyncio import Redis
 
-from libs.events.lease import LeaseLost, fence, projector_role
-from services.gateway.realtime.frames import BroadcastRemoved, Frame, Message
-from services.gateway.realtime.inbox import Inbox
+from libs.events.lease import LeaseLost, fence
+from libs.inbox.inbox import Inbox, Message
+from services.fanout.frames import BroadcastRemoved, Frame
 from tests.realtime.actions import DROP, PICKUP, vehicle, vehicle_type
 from tests.realtime.conftest import System, new_id, ok
 from tests.realtime.sockets import Socket
@@ -39,21 +37,6 @@ async def test_a_delivery_with_an_older_token_writes_nothing(redis: Redis, prefi
     assert await inbox.deliver("event-1", [message], token=2) == 1
 
 
-async def _holder_pid(database_url: str, prefix: str) -> int:
-    """The pid of the gateway holding the projector's lease (its instance name holds it)."""
-    async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        for _ in range(200):
-            cur = await conn.execute(
-                "SELECT holder FROM leases WHERE role = %s AND expires_at > now()",
-                (projector_role(prefix),),
-            )
-            row = await cur.fetchone()
-            if row is not None:
-                return int(str(row[0]).split("-")[-2])
-            await asyncio.sleep(0.05)
-    raise AssertionError("no gateway holds the projector's lease")
-
-
 async def _new_broadcast(
     api: httpx.AsyncClient, url: str, system: System, kind: str
 ) -> dict[str, Any]:
@@ -71,18 +54,17 @@ def _about(socket: Socket, broadcast_id: str) -> list[str]:
 
 
 async def test_a_frozen_projector_is_replaced_within_10_s_and_writes_nothing_once_awake(
-    api: httpx.AsyncClient, system: System, database_url: str
+    api: httpx.AsyncClient, system: System
 ) -> None:
-    """SIGSTOP the gateway that projects: a search's new_broadcast reaches a transporter on the
-    other gateway within 10 s; after SIGCONT the broadcast's removal arrives once, after it."""
+    """SIGSTOP the fan-out that projects: a search's new_broadcast reaches a transporter within
+    10 s through the other fan-out; after SIGCONT the broadcast's removal arrives once, after
+    it."""
     transporter, kind = new_id("t"), vehicle_type()
     await vehicle(api, system, transporter, kind)
-    pid = await _holder_pid(database_url, system.env["REDIS_KEY_PREFIX"])
-    frozen = next(i for i, g in enumerate(system.gateways) if g.proc.pid == pid)
-    other = 1 - frozen
-    url = f"http://127.0.0.1:{system.gateways[other].port}"
-    socket = await system.connect("transporter", transporter, gateway=other)
-    os.kill(pid, signal.SIGSTOP)
+    frozen = system.fanouts[await system.projecting()].proc.pid
+    url = system.url()
+    socket = await system.connect("transporter", transporter)
+    os.kill(frozen, signal.SIGSTOP)
     try:
         frozen_at = time.monotonic()
         created = await _new_broadcast(api, url, system, kind)
@@ -90,7 +72,7 @@ async def test_a_frozen_projector_is_replaced_within_10_s_and_writes_nothing_onc
         await socket.until(lambda _: "new_broadcast" in _about(socket, bid), MOVES_WITHIN_S + 5)
         assert time.monotonic() - frozen_at <= MOVES_WITHIN_S + 1.0
     finally:
-        os.kill(pid, signal.SIGCONT)
+        os.kill(frozen, signal.SIGCONT)
     cancel = f"{url}/v1/broadcasts/{bid}/cancel"
     ok(await api.post(cancel, json={}, headers=system.auth("customer", created["customerId"])))
     await socket.until(lambda _: "broadcast_removed" in _about(socket, bid))

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from libs.events.catalogue import DriverAvailabilityChanged
 from libs.events.store import append
-from services.gateway.realtime.inbox import Inbox
+from libs.inbox.inbox import Inbox
 from tests.realtime import actions as act
 from tests.realtime import expect as e
 from tests.realtime.conftest import System, new_id
@@ -21,7 +21,7 @@ from tests.realtime.sockets import Socket, brief
 
 @pytest.fixture(scope="module")
 def settings() -> dict[str, str]:
-    """Broadcasts outlive these stories: a killed gateway that held the projector's lease is
+    """Broadcasts outlive these stories: a killed fan-out that held the projector's lease is
     replaced only once its lease runs out (a few seconds), which a 6 s broadcast may not."""
     return {"BROADCAST_TIMEOUT_SECONDS": "60", "PRESENCE_TTL_SECONDS": "30"}
 
@@ -171,8 +171,9 @@ async def test_resync_required_when_redis_lost_the_entry_resumed_from(
 
 
 async def test_killed_gateways_lose_nothing(api: httpx.AsyncClient, system: System) -> None:
-    """Each gateway killed (SIGKILL) in turn while a story goes on: clients that resume with
-    lastEventId on the restarted gateway get every message, once, in order."""
+    """Each gateway killed (SIGKILL) in turn while a story goes on, and with the first the fan-out
+    that projects: clients that resume with lastEventId on the restarted gateway get every
+    message, once, in order."""
     kind, customer, transporter = act.vehicle_type(), new_id("c"), new_id("t")
     await act.vehicle(api, system, transporter, kind)
     customer_socket = await system.connect("customer", customer, 0)
@@ -182,9 +183,12 @@ async def test_killed_gateways_lose_nothing(api: httpx.AsyncClient, system: Syst
     await transporter_socket.count(1)
 
     system.gateways[1].stop(signal.SIGKILL)
+    projecting = await system.projecting()
+    system.fanouts[projecting].stop(signal.SIGKILL)
     accepted = await act.accept(api, system, transporter, bid, kind)
     await customer_socket.count(4)
     system.restart_gateway(1)
+    system.restart_fanout(projecting)
     transporter_sockets = [transporter_socket, await _resume(system, transporter_socket, 1)]
     await transporter_sockets[1].count(1)
 

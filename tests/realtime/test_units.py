@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 
 from libs.events.catalogue import (
@@ -24,10 +25,11 @@ from libs.events.catalogue import (
     SlotsAccepted,
     TruckSlot,
 )
-from services.gateway.realtime import messages
-from services.gateway.realtime.fold import apply, fold
-from services.gateway.realtime.frames import Message, encode, wire_text
-from services.gateway.realtime.state import BroadcastState, FoldError
+from libs.inbox.inbox import Message
+from services.fanout import messages
+from services.fanout.fold import apply, fold
+from services.fanout.state import BroadcastState, FoldError
+from services.gateway.realtime.wire import wire_text
 
 AT = datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)
 PLACE = Location(lat=12.97, lng=77.59, address="MG Road")
@@ -77,7 +79,7 @@ def sent(*events: DomainEvent) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def summary(message: Message) -> tuple[str, str, dict[str, Any]]:
-    data = json.loads(encode(message.frame))
+    data = json.loads(msgspec.json.encode(message.frame))
     assert data["at"].endswith("Z")
     return message.user, data["type"], data["data"]
 
@@ -259,10 +261,7 @@ def test_driver_replaced() -> None:
 def test_availability_message() -> None:
     """A driver's availability goes to its transporter with the event's time."""
     event = DriverAvailabilityChanged(driver_id="d1", transporter_id="t1", online=True)
-    envelope = Envelope(
-        event_id="e", stream_id="driver-d1", version=1, position=1, recorded_at=AT, event=event
-    )
-    [message] = messages.for_availability(envelope, "t1")
+    [message] = messages.for_availability(event, AT, "t1")
     data = {"driverId": "d1", "online": True, "at": "2026-11-24T10:00:00.123Z"}
     assert summary(message) == ("transporter:t1", "driver_status_changed", data)
 

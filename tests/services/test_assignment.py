@@ -166,25 +166,32 @@ async def test_assigning_an_online_driver_records_it_once(
     assert version == last
 
 
+DRIVER_RACERS = 20  # the most slots one claim may take (CONTRACT.md section 4)
+
+
 @pytest.mark.parametrize("round_", range(5))
-async def test_one_driver_sent_to_two_assignments_at_once_gets_exactly_one(
+async def test_one_driver_sent_to_many_assignments_at_once_gets_exactly_one(
     client: CommandClient, database_url: str, round_: int
 ) -> None:
-    """Two concurrent assignments of one driver (two acceptance processes): one wins, the other
-    is driver_busy, and the database holds one active assignment for the driver."""
-    won = await win(client, slots=2)
+    """Twenty concurrent assignments of one driver, each with its own vehicle, through two
+    acceptance processes: one wins, every other is driver_busy, and the database holds one
+    active assignment for the driver and one driver_assigned event."""
+    won = await win(client, slots=DRIVER_RACERS)
     driver = await driver_of(client, won.transporter)
-    vehicle = await vehicle_of(client, won.transporter)
+    vehicles = [won.vehicle] + [
+        await vehicle_of(client, won.transporter) for _ in range(DRIVER_RACERS - 1)
+    ]
     replies = await asyncio.gather(
-        client.send(assign(won, driver, 0)), client.send(assign(won, driver, 1, vehicle))
+        *(client.send(assign(won, driver, n, v)) for n, v in enumerate(vehicles))
     )
-    assert sorted(r.failure.code if r.failure else "ok" for r in replies) == ["driver_busy", "ok"]
+    codes = [r.failure.code if r.failure else "ok" for r in replies]
+    assert sorted(codes) == ["driver_busy"] * (DRIVER_RACERS - 1) + ["ok"], codes
     active = await rows(
         database_url,
         "SELECT assignment_id FROM assignments WHERE driver_id = %s AND state = 'driver_assigned'",
         driver,
     )
-    winner = next(i for i, r in enumerate(replies) if r.failure is None)
+    winner = codes.index("ok")
     assert active == [(won.assignments[winner],)]
     assert len(await driver_assigned_events(database_url, won.broadcast)) == 1
 

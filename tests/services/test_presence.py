@@ -15,9 +15,9 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from libs.events.bus import CommandClient
+from libs.events.clock import iso_ms, utc_now
 from libs.events.commands import Availability, RegisterDriver, SetAvailability
 from libs.readmodel.presence import heartbeats_key, record_heartbeat
-from libs.runtime.clock import iso_ms, utc_now
 from services.presence.sweep import SweepConfig, Sweeper
 from tests.events.helpers import eventually
 from tests.keys import forget_keys
@@ -273,6 +273,7 @@ async def test_two_presence_instances_turn_each_silent_driver_offline_once(
         ]
 
 
+@pytest.mark.slow  # four sweepers over 100 drivers: seconds
 async def test_concurrent_sweepers_turn_each_silent_driver_offline_exactly_once(
     database_url: str, redis: Redis, prefix: str
 ) -> None:

@@ -19,9 +19,9 @@ import structlog
 from prometheus_client import Counter
 from starlette.websockets import WebSocket
 
-from services.gateway.realtime.frames import RESYNC_REQUIRED, wire_text
-from services.gateway.realtime.inbox import Inbox, StreamId, format_id, parse_id
+from libs.inbox.inbox import Inbox, StreamId, format_id, parse_id
 from services.gateway.realtime.sender import SendBuffer
+from services.gateway.realtime.wire import RESYNC_REQUIRED, wire_text
 
 log = structlog.get_logger(__name__)
 

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
+from libs.inbox.inbox import Inbox, StreamId, parse_id, user_key
 from libs.runtime import tokens
 from libs.runtime.service import Resources
 from libs.runtime.tokens import InvalidToken, Principal
@@ -32,9 +33,8 @@ from services.gateway.auth import KeySource
 from services.gateway.errors import ApiError, error_response, unauthorized, unavailable
 from services.gateway.http import Deps, rate_limit
 from services.gateway.realtime.connection import Connection
-from services.gateway.realtime.frames import PONG, user_key
 from services.gateway.realtime.hub import Hub, HubConfig
-from services.gateway.realtime.inbox import Inbox, StreamId, parse_id
+from services.gateway.realtime.wire import PONG
 
 log = structlog.get_logger(__name__)
 

@@ -27,13 +27,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from libs.events.streams import bus_losses_key
+from libs.inbox.inbox import Inbox
 from services.gateway.realtime.connection import Connection
-from services.gateway.realtime.frames import RESYNC_REQUIRED
 from services.gateway.realtime.heap import tend_heap
 from services.gateway.realtime.heartbeats import SocketHeartbeats
-from services.gateway.realtime.inbox import Inbox
 from services.gateway.realtime.lag import watch_loop_lag
 from services.gateway.realtime.losses import watch_losses
+from services.gateway.realtime.wire import RESYNC_REQUIRED
 
 log = structlog.get_logger(__name__)
 

@@ -18,7 +18,7 @@ MIGRATION_LOCK = 0x7765656C6F  # "weelo"
 
 def available_migrations() -> list[tuple[str, str]]:
     """(name, sql) for every migration file, in name order."""
-    folder = resources.files("libs.runtime").joinpath("migrations")
+    folder = resources.files("libs.schema").joinpath("migrations")
     files = sorted((f.name, f) for f in folder.iterdir() if f.name.endswith(".sql"))
     return [(name, f.read_text()) for name, f in files]
 

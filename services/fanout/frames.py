@@ -1,7 +1,8 @@
 """The messages of CONTRACT.md section 7: typed payloads, frames and who receives them.
 
 A frame is stored and published without its `eventId`: the id is the entry id the user's inbox
-gives it, spliced in when the frame is sent (`wire_text`).
+gives it, which the gateway splices in when it sends the frame
+(`services/gateway/realtime/wire.py`).
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import msgspec
 
 from libs.events.catalogue import Location
-from libs.runtime.tokens import Role
-from services.gateway.fleet_views import AssignmentView
+from libs.events.failures import REFUSALS
+from libs.readmodel.views import AssignmentView
 
-REQUEST_CANCELLED = "Request cancelled"
+# The contract's fixed texts: the two an API refusal also says come from its table.
+REQUEST_CANCELLED = REFUSALS["request_cancelled"].message
+REQUEST_EXPIRED = REFUSALS["request_expired"].message
 TRIP_CANCELLED = "Trip cancelled"
 NO_TRANSPORTERS = "No transporters found"
-REQUEST_EXPIRED = "Request expired"
 
 
 class Data(msgspec.Struct, frozen=True, kw_only=True, rename="camel", gc=False):
@@ -98,32 +100,3 @@ class Frame(msgspec.Struct, frozen=True, gc=False):
     type: str
     at: str
     data: Payload
-
-
-class Message(msgspec.Struct, frozen=True, gc=False):
-    """One frame for one user (`user_key`). A claim makes one per notified transporter, so it
-    is a struct the cycle collector does not track."""
-
-    user: str
-    frame: Frame
-
-
-def user_key(role: Role, sub: str) -> str:
-    """Who a message is for. Subjects are unique per role only, so the role is part of it."""
-    return f"{role}:{sub}"
-
-
-_encoder = msgspec.json.Encoder()
-
-
-def encode(frame: Frame) -> bytes:
-    return _encoder.encode(frame)
-
-
-def wire_text(event_id: str, stored: bytes) -> str:
-    """The frame as sent: `{"eventId": ..., "type", "at", "data"}` (stored starts with `{`)."""
-    return '{"eventId":"' + event_id + '",' + stored[1:].decode()
-
-
-PONG = '{"type":"pong"}'
-RESYNC_REQUIRED = '{"type":"resync_required"}'

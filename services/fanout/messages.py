@@ -1,16 +1,15 @@
 """Which messages each event sends to whom (CONTRACT.md section 7): pure, on one screen.
 
 Each function takes the `Change` an event made to a broadcast (its state before and after, and
-the envelope) and answers the contract's messages in the order a client should see them.
-`HANDLERS` is the table; `for_availability` covers the drivers' own streams.
+the envelope) and the event, and answers the contract's messages in the order a client should see
+them. `HANDLERS` is the table; `for_availability` covers the drivers' own streams.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
 
 from libs.events.catalogue import (
     BroadcastCancelled,
@@ -21,12 +20,15 @@ from libs.events.catalogue import (
     DriverAssigned,
     DriverAvailabilityChanged,
     Envelope,
+    Event,
     SlotsAccepted,
 )
-from libs.runtime.clock import iso_ms
-from services.gateway.fleet_views import AssignmentView
-from services.gateway.realtime import frames as f
-from services.gateway.realtime.state import BroadcastState
+from libs.events.clock import iso_ms
+from libs.events.handlers import Handlers
+from libs.inbox.inbox import Message
+from libs.readmodel.views import AssignmentView
+from services.fanout import frames as f
+from services.fanout.state import BroadcastState
 
 
 @dataclass(frozen=True)
@@ -40,19 +42,19 @@ class Change:
     def at(self) -> str:
         return iso_ms(self.envelope.recorded_at)
 
-    def to(self, user: str, kind: str, data: f.Payload) -> f.Message:
-        return f.Message(user, f.Frame(kind, self.at, data))
+    def to(self, user: str, kind: str, data: f.Payload) -> Message[f.Frame]:
+        return Message(user, f.Frame(kind, self.at, data))
 
-    def to_customer(self, kind: str, data: f.Payload) -> f.Message:
+    def to_customer(self, kind: str, data: f.Payload) -> Message[f.Frame]:
         return self.to(f"customer:{self.after.customer_id}", kind, data)
 
-    def to_transporters(self, kind: str, data: f.Payload) -> list[f.Message]:
+    def to_transporters(self, kind: str, data: f.Payload) -> list[Message[f.Frame]]:
         """One frame, shared by every notified transporter's message (encoded once)."""
         frame = f.Frame(kind, self.at, data)
-        return [f.Message(f"transporter:{t}", frame) for t in self.after.notified]
+        return [Message(f"transporter:{t}", frame) for t in self.after.notified]
 
 
-def state_changed(change: Change) -> f.Message:
+def state_changed(change: Change) -> Message[f.Frame]:
     after = change.after
     data = f.StateChanged(
         broadcast_id=after.broadcast_id,
@@ -66,16 +68,16 @@ def state_changed(change: Change) -> f.Message:
     return change.to_customer("broadcast_state_changed", data)
 
 
-def removed(change: Change, reason: str) -> list[f.Message]:
+def removed(change: Change, reason: str) -> list[Message[f.Frame]]:
     data = f.BroadcastRemoved(broadcast_id=change.after.broadcast_id, reason=reason)
     return change.to_transporters("broadcast_removed", data)
 
 
-def on_created(change: Change) -> list[f.Message]:
+def on_created(change: Change, _event: BroadcastCreated) -> list[Message[f.Frame]]:
     return [state_changed(change)]
 
 
-def on_started(change: Change) -> list[f.Message]:
+def on_started(change: Change, _event: BroadcastStarted) -> list[Message[f.Frame]]:
     after = change.after
     data = f.NewBroadcast(
         broadcast_id=after.broadcast_id,
@@ -87,9 +89,8 @@ def on_started(change: Change) -> list[f.Message]:
     return [state_changed(change), *change.to_transporters("new_broadcast", data)]
 
 
-def on_accepted(change: Change) -> list[f.Message]:
-    event, after = change.envelope.event, change.after
-    assert isinstance(event, SlotsAccepted)
+def on_accepted(change: Change, event: SlotsAccepted) -> list[Message[f.Frame]]:
+    after = change.after
     out = [
         change.to_customer(
             "truck_accepted",
@@ -111,13 +112,12 @@ def on_accepted(change: Change) -> list[f.Message]:
     return out
 
 
-def on_filled(change: Change) -> list[f.Message]:
+def on_filled(change: Change, _event: BroadcastFilled) -> list[Message[f.Frame]]:
     return [state_changed(change), *removed(change, "fully_filled")]
 
 
-def on_cancelled(change: Change) -> list[f.Message]:
-    event, bid = change.envelope.event, change.after.broadcast_id
-    assert isinstance(event, BroadcastCancelled)
+def on_cancelled(change: Change, event: BroadcastCancelled) -> list[Message[f.Frame]]:
+    bid = change.after.broadcast_id
     out = [state_changed(change)]
     if change.before is not None and change.before.state in ("broadcasting", "partially_filled"):
         out += removed(change, "cancelled")  # a filled broadcast already left their lists
@@ -135,7 +135,7 @@ def on_cancelled(change: Change) -> list[f.Message]:
     return out
 
 
-def on_expired(change: Change) -> list[f.Message]:
+def on_expired(change: Change, _event: BroadcastExpired) -> list[Message[f.Frame]]:
     after = change.after
     message = f.REQUEST_EXPIRED if after.filled else f.NO_TRANSPORTERS
     expired = f.SearchExpired(broadcast_id=after.broadcast_id, message=message)
@@ -146,9 +146,8 @@ def on_expired(change: Change) -> list[f.Message]:
     ]
 
 
-def on_driver_assigned(change: Change) -> list[f.Message]:
-    event, after = change.envelope.event, change.after
-    assert isinstance(event, DriverAssigned)
+def on_driver_assigned(change: Change, event: DriverAssigned) -> list[Message[f.Frame]]:
+    after = change.after
     data = f.DriverOnTruck(
         broadcast_id=after.broadcast_id,
         assignment_id=event.assignment_id,
@@ -166,27 +165,29 @@ def on_driver_assigned(change: Change) -> list[f.Message]:
     return out
 
 
-HANDLERS: dict[type[Any], Callable[[Change], list[f.Message]]] = {
-    BroadcastCreated: on_created,
-    BroadcastStarted: on_started,
-    SlotsAccepted: on_accepted,
-    BroadcastFilled: on_filled,
-    BroadcastCancelled: on_cancelled,
-    BroadcastExpired: on_expired,
-    DriverAssigned: on_driver_assigned,
-}
+HANDLERS = (
+    Handlers[Event, Change, list[Message[f.Frame]]]()
+    .on(BroadcastCreated, on_created)
+    .on(BroadcastStarted, on_started)
+    .on(SlotsAccepted, on_accepted)
+    .on(BroadcastFilled, on_filled)
+    .on(BroadcastCancelled, on_cancelled)
+    .on(BroadcastExpired, on_expired)
+    .on(DriverAssigned, on_driver_assigned)
+)
 
 
-def for_change(change: Change) -> list[f.Message]:
-    handler = HANDLERS.get(type(change.envelope.event))
-    return handler(change) if handler else []
+def for_change(change: Change) -> list[Message[f.Frame]]:
+    event = change.envelope.event
+    handler = HANDLERS.get(type(event))
+    return handler(change, event) if handler else []
 
 
-def for_availability(envelope: Envelope, transporter_id: str) -> list[f.Message]:
+def for_availability(
+    event: DriverAvailabilityChanged, recorded_at: datetime, transporter_id: str
+) -> list[Message[f.Frame]]:
     """`driver_status_changed` to the driver's transporter; `at` is when it was recorded."""
-    event = envelope.event
-    assert isinstance(event, DriverAvailabilityChanged)
-    at = iso_ms(envelope.recorded_at)
+    at = iso_ms(recorded_at)
     data = f.DriverStatus(driver_id=event.driver_id, online=event.online, at=at)
     frame = f.Frame("driver_status_changed", at, data)
-    return [f.Message(f"transporter:{transporter_id}", frame)]
+    return [Message(f"transporter:{transporter_id}", frame)]

@@ -1,4 +1,5 @@
-"""Reads of the dispatch read models (migration 0002), one function per question."""
+"""Reads of the dispatch read models (migration 0002), one function per question: the
+API's answers and the fan-out's recipients."""
 
 from __future__ import annotations
 
@@ -130,24 +131,6 @@ async def broadcast_of_truck_request(conn: Conn, truck_request_id: str) -> str |
     )
     row = await cur.fetchone()
     return str(row[0]) if row else None
-
-
-class TruckRequestIndex:
-    """Which broadcast each truck request belongs to, as found: that never changes after the
-    request is created, so 200 transporters racing for one slot read it from PostgreSQL once.
-    Keeps the last `size` found (a few MB at the default)."""
-
-    def __init__(self, size: int = 50_000) -> None:
-        self._found: dict[str, str] = {}
-        self._size = size
-
-    def get(self, truck_request_id: str) -> str | None:
-        return self._found.get(truck_request_id)
-
-    def remember(self, truck_request_id: str, broadcast_id: str) -> None:
-        self._found[truck_request_id] = broadcast_id
-        if len(self._found) > self._size:
-            del self._found[next(iter(self._found))]  # the oldest
 
 
 async def _assignments(conn: Conn, where: str, params: Sequence[object]) -> list[AssignmentRow]:

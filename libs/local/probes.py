@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import psycopg
 from psycopg import sql
 
-from libs.runtime.migrate import migrate
+from libs.schema.migrate import migrate
 
 
 def free_port(host: str = "127.0.0.1") -> int:

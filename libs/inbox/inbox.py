@@ -27,15 +27,34 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from libs.events.lease import FENCE_CHECK, LeaseLost
-from services.gateway.realtime.frames import Message, encode
 
 StreamId = tuple[int, int]
+
+
+F = TypeVar("F", bound=msgspec.Struct)
+
+
+class Message(msgspec.Struct, Generic[F], frozen=True, gc=False):
+    """One frame (a struct: the fan-out's `Frame`) for one user (`user_key`). A claim makes one
+    per notified transporter, so it is a struct the cycle collector does not track."""
+
+    user: str
+    frame: F
+
+
+def user_key(role: str, sub: str) -> str:
+    """Who a message is for. Subjects are unique per role only, so the role is part of it."""
+    return f"{role}:{sub}"
+
+
+_encoder = msgspec.json.Encoder()
 
 # KEYS: the projector's fence, the delivery's mark, then each recipient's inbox. ARGV: the
 # writer's lease token, how long the mark is kept (ms), inbox length, idle TTL (s), then for each
@@ -120,7 +139,7 @@ class Inbox:
         return f"{self._prefix}wake:"
 
     async def deliver(
-        self, event_id: str, messages: Sequence[Message], part: str = "", token: int = 0
+        self, event_id: str, messages: Sequence[Message[Any]], part: str = "", token: int = 0
     ) -> int:
         """Append each user's frames of this part of event `event_id` unless they already were;
         publish them. One round trip for all users; the number of users it delivered to now.
@@ -130,7 +149,7 @@ class Inbox:
         encoded: dict[int, bytes] = {}  # a frame shared by many users is encoded once
         for m in messages:
             if (raw := encoded.get(id(m.frame))) is None:
-                raw = encoded[id(m.frame)] = encode(m.frame)
+                raw = encoded[id(m.frame)] = _encoder.encode(m.frame)
             by_user[m.user].append(raw)
         if not by_user:
             return 0

@@ -1,7 +1,7 @@
 """The projector: each domain event becomes the contract's messages in its recipients' inboxes.
 
 It reads the broadcast and driver event streams as the consumer group `projector`. Every
-gateway process runs it, but only the holder of the projector's lease projects
+fan-out process runs it, but only the holder of the projector's lease projects
 (`libs/events/lease.py`), so the events of one broadcast are projected one after another in
 stream order even across processes; a new holder first runs what the old one left
 unacknowledged, and every inbox write carries its token, so an old holder that wakes up after
@@ -22,22 +22,29 @@ import msgspec
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from libs.events.catalogue import DriverAssigned, DriverAvailabilityChanged, Envelope
-from libs.events.codec import ENVELOPE_FIELD
-from libs.events.dispatch import envelope_of, stream_key
+from libs.events.catalogue import (
+    BroadcastCancelled,
+    BroadcastExpired,
+    BroadcastFilled,
+    DriverAssigned,
+    DriverAvailabilityChanged,
+    Envelope,
+    SlotsAccepted,
+)
+from libs.events.dispatch import envelopes, stream_key
 from libs.events.lease import Held, Lease, fence, projector_role, redis_answers
 from libs.events.runner import Delivery, Handler, PoisonMessage, RunnerConfig, StreamRunner
 from libs.events.store import envelope_from_row
 from libs.events.streams import dead_letter_stream, events_stream
+from libs.inbox.inbox import Inbox, Message
+from libs.readmodel import reads
+from libs.readmodel.views import AssignmentView, assignment_view
 from libs.runtime.service import Resources
-from services.gateway import reads
-from services.gateway.fleet_views import AssignmentView, assignment_view
-from services.gateway.realtime import messages
-from services.gateway.realtime.fold import apply, fold
-from services.gateway.realtime.frames import Message
-from services.gateway.realtime.inbox import Inbox
-from services.gateway.realtime.projected import Projected
-from services.gateway.realtime.state import BroadcastState, FoldError
+from services.fanout import messages
+from services.fanout.fold import apply, fold
+from services.fanout.frames import Frame
+from services.fanout.projected import Projected
+from services.fanout.state import BroadcastState, FoldError
 
 GROUP = "projector"
 FLUSH_AT_END_S = 1.0
@@ -52,9 +59,7 @@ RUNNER = RunnerConfig(
 
 # Events after which the broadcast's notified transporters get a newer `broadcast_updated` or
 # its `broadcast_removed` (the claim of the last slot: `broadcast_filled` in the same commit).
-SUPERSEDING = frozenset(
-    {"slots_accepted", "broadcast_filled", "broadcast_cancelled", "broadcast_expired"}
-)
+SUPERSEDING = frozenset({SlotsAccepted, BroadcastFilled, BroadcastCancelled, BroadcastExpired})
 
 _UNTIL = (
     "SELECT event_id, version, position, recorded_at, correlation_id, data::text"
@@ -90,7 +95,7 @@ class Projector:
         redelivered) is skipped, and one delivered is recorded."""
 
         async def handle(delivery: Delivery) -> None:
-            envelope = envelope_of(delivery)
+            envelope = envelopes(delivery)
             with structlog.contextvars.bound_contextvars(
                 correlation_id=envelope.correlation_id, event_id=envelope.event_id
             ):
@@ -98,7 +103,7 @@ class Projector:
                     return
                 if not await self.projected.delivered(envelope):
                     if isinstance(envelope.event, DriverAvailabilityChanged):
-                        await self.project_availability(envelope)
+                        await self.project_availability(envelope, envelope.event)
                     else:
                         await self.project_broadcast(envelope, updates_superseded(delivery))
                     self.projected.record(envelope)
@@ -126,13 +131,14 @@ class Projector:
         if updates and not superseded:
             await self._inbox.deliver(envelope.event_id, updates, part="updates", token=self.token)
 
-    async def project_availability(self, envelope: Envelope) -> None:
-        event = envelope.event
-        assert isinstance(event, DriverAvailabilityChanged)
+    async def project_availability(
+        self, envelope: Envelope, event: DriverAvailabilityChanged
+    ) -> None:
+        """`event` (the envelope's) to the driver's transporter."""
         transporter = event.transporter_id or await self._transporter_of(event.driver_id)
-        found: list[Message] = []
+        found: list[Message[Frame]] = []
         if transporter is not None:
-            found = messages.for_availability(envelope, transporter)
+            found = messages.for_availability(event, envelope.recorded_at, transporter)
         await self._inbox.deliver(envelope.event_id, found, token=self.token)
 
     async def _state_before(self, envelope: Envelope) -> BroadcastState | None:
@@ -180,17 +186,6 @@ class Projector:
         return str(row[0]) if row else None
 
 
-class _Kind(msgspec.Struct):
-    type: str
-
-
-class _Peek(msgspec.Struct):
-    event: _Kind
-
-
-_peek = msgspec.json.Decoder(_Peek)
-
-
 def _projected(envelope: Envelope) -> bool:
     """Whether the event sends any message (broadcast events and driver availability)."""
     event_type = type(envelope.event)
@@ -201,19 +196,20 @@ def updates_superseded(delivery: Delivery) -> bool:
     """Whether an event of the same broadcast still to come in this batch sends the notified
     transporters a newer `broadcast_updated` or the broadcast's removal. Under load a batch holds
     many claims of one broadcast; each transporter then gets the latest open slots once instead
-    of one message per claim (at 200 transporters, 200 inbox writes per claim)."""
+    of one message per claim (at 200 transporters, 200 inbox writes per claim). The later
+    entries were decoded when they were read (`stream_key`)."""
     return any(_event_type(later) in SUPERSEDING for later in delivery.later)
 
 
-def _event_type(delivery: Delivery) -> str | None:
+def _event_type(delivery: Delivery) -> type[object] | None:
     try:
-        return _peek.decode(delivery.fields[ENVELOPE_FIELD]).event.type
-    except (KeyError, msgspec.DecodeError):
+        return type(envelopes(delivery).event)
+    except PoisonMessage:
         return None
 
 
 async def run_projector(resources: Resources, stop: asyncio.Event) -> None:
-    """The gateway task: project while this process holds the lease, stand by otherwise."""
+    """The fan-out's task: project while this process holds the lease, stand by otherwise."""
     async with AsyncConnectionPool(
         resources.conninfo,
         min_size=RECORD_CONNECTIONS,

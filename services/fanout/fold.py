@@ -21,7 +21,7 @@ from libs.events.catalogue import (
     Envelope,
     SlotsAccepted,
 )
-from services.gateway.realtime.state import Assignment, BroadcastState, FoldError, Slot
+from services.fanout.state import Assignment, BroadcastState, FoldError, Slot
 
 
 def _created(event: BroadcastCreated, version: int) -> BroadcastState:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from libs.runtime.settings import SettingsError
 
-SERVICES = ("gateway", "broadcast", "acceptance", "timer", "presence")
+SERVICES = ("gateway", "broadcast", "acceptance", "timer", "presence", "fanout")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +84,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from libs.runtime.supervisor import run_system
+    from libs.local.supervisor import run_system
 
     return run_system(os.environ, gateways=args.gateways)
 
@@ -105,9 +105,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _migrate(_args: argparse.Namespace) -> int:
     from libs.runtime.logging import configure_logging, instance_id
-    from libs.runtime.migrate import migrate
     from libs.runtime.postgres import application_name, conninfo
     from libs.runtime.settings import load_settings
+    from libs.schema.migrate import migrate
 
     configure_logging("migrate", instance_id("migrate"))
     applied = migrate(conninfo(load_settings().database_url, application_name("migrate")))

@@ -19,16 +19,22 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from libs.runtime.embedded import (
+from libs.local.embedded import (
     EmbeddedServerError,
     die_with_parent,
     embedded_postgres,
     embedded_redis,
 )
-from libs.runtime.probes import healthy
+from libs.local.probes import healthy
 from libs.runtime.settings import SettingsError, local_secret, state_dir
 
-HEALTH_OFFSETS = {"broadcast": 101, "acceptance": 102, "timer": 103, "presence": 104}
+HEALTH_OFFSETS = {
+    "broadcast": 101,
+    "acceptance": 102,
+    "timer": 103,
+    "presence": 104,
+    "fanout": 105,
+}
 STOP_TIMEOUT_S = 30.0
 HEALTH_POLL_S = 0.1
 SLOW_START_S = 30.0
@@ -71,13 +77,13 @@ def run_system(environ: Mapping[str, str], gateways: int) -> int:
 
 
 def plan(env: Mapping[str, str], gateways: int) -> list[Planned]:
-    """The processes to run: `gateways` gateways on GATEWAY_PORT+i, the rest on base+101..104."""
+    """The processes to run: `gateways` gateways on GATEWAY_PORT+i, the rest on base+101..105."""
     try:
         base = int(env.get("GATEWAY_PORT") or 8000)
     except ValueError as e:
         raise SettingsError(f"GATEWAY_PORT must be a number, got {env['GATEWAY_PORT']!r}") from e
-    if not 0 < base <= 65535 - 104 or gateways > 100:
-        raise SettingsError("GATEWAY_PORT+104 must be a port and --gateways at most 100")
+    if not 0 < base <= 65535 - 105 or gateways > 100:
+        raise SettingsError("GATEWAY_PORT+105 must be a port and --gateways at most 100")
     names = [f"gateway-{i + 1}" if gateways > 1 else "gateway" for i in range(gateways)]
     planned = [Planned(name, "gateway", base + i) for i, name in enumerate(names)]
     return planned + [Planned(s, s, base + offset) for s, offset in HEALTH_OFFSETS.items()]
@@ -123,8 +129,8 @@ def _attach_servers(env: dict[str, str], stack: contextlib.ExitStack) -> list[st
 def _migrate(database_url: str) -> None:
     import psycopg
 
-    from libs.runtime.migrate import migrate
     from libs.runtime.postgres import application_name, conninfo
+    from libs.schema.migrate import migrate
 
     try:
         migrate(conninfo(database_url, application_name("migrate")))
@@ -179,7 +185,7 @@ async def _spawn(item: Planned, env: Mapping[str, str]) -> Child:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "libs.runtime.cli",
+        "libs.cli",
         "run",
         item.service,
         env=item.environ(env),
