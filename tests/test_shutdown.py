@@ -27,7 +27,7 @@ import psycopg
 import pytest
 from redis.asyncio import Redis
 
-from libs.events.bus import CommandClient, CommandTimeout
+from libs.events.client import CommandClient, CommandTimeout
 from libs.events.commands import (
     AcceptSlots,
     AnyCommand,

@@ -13,16 +13,17 @@ import psycopg
 
 from libs.events.catalogue import AcceptedSlot, BroadcastCreated, Location
 from libs.events.clock import iso_ms
+from libs.readmodel.states import OPEN
 from libs.readmodel.violations import translated
 
 Conn = psycopg.AsyncConnection[Any]
-ACTIVE_STATES = ("broadcasting", "partially_filled")
-TERMINAL_STATES = ("fully_filled", "expired", "cancelled")
 
 
 @dataclass(frozen=True)
-class BroadcastRow:
-    """What a writer needs to decide: the broadcast's owner, state, version and deadline."""
+class LockedBroadcast:
+    """What a writer decides by, read under the row's lock: the broadcast's owner, state,
+    version and deadline. The readers' row (`reads.BroadcastRow`) has every column; this one
+    reads four, on the claim's hot path."""
 
     broadcast_id: str
     customer_id: str
@@ -31,13 +32,13 @@ class BroadcastRow:
     expires_at: datetime
 
 
-def past_expiry(row: BroadcastRow, now: datetime) -> bool:
+def past_expiry(row: LockedBroadcast, now: datetime) -> bool:
     """Still active at or after its `expiresAt`: over by timeout, though not yet ended so (the
     timer does that within a second). `PAST_EXPIRY` says the same in SQL."""
-    return row.state in ACTIVE_STATES and now >= row.expires_at
+    return row.state in OPEN and now >= row.expires_at
 
 
-def timed_out(row: BroadcastRow, now: datetime) -> bool:
+def timed_out(row: LockedBroadcast, now: datetime) -> bool:
     """Over by timeout: ended `expired`, or past its expiry. Cancel and claims decide by this one
     rule (and the timer's expiry by its SQL twin), so in the second between `expiresAt` and the
     timer's expiry they all agree that the broadcast is over."""
@@ -45,7 +46,7 @@ def timed_out(row: BroadcastRow, now: datetime) -> bool:
 
 
 # `past_expiry` in SQL, for the expiry of many broadcasts in one statement (`%(active)s`:
-# ACTIVE_STATES as a list).
+# OPEN as a list).
 PAST_EXPIRY = "state = ANY(%(active)s::text[]) AND expires_at <= %(now)s"
 
 
@@ -63,15 +64,15 @@ LOCK_BROADCAST = (
 )
 
 
-async def lock_broadcast(conn: Conn, broadcast_id: str) -> BroadcastRow | None:
+async def lock_broadcast(conn: Conn, broadcast_id: str) -> LockedBroadcast | None:
     """Read a broadcast and lock its row until the transaction ends: writers queue here."""
     cur = await conn.execute(LOCK_BROADCAST, (broadcast_id,), prepare=True)
     return broadcast_row(broadcast_id, await cur.fetchone())
 
 
-def broadcast_row(broadcast_id: str, row: Sequence[Any] | None) -> BroadcastRow | None:
+def broadcast_row(broadcast_id: str, row: Sequence[Any] | None) -> LockedBroadcast | None:
     """The row `LOCK_BROADCAST` read, if there was one."""
-    return BroadcastRow(broadcast_id, *row) if row else None
+    return LockedBroadcast(broadcast_id, *row) if row else None
 
 
 # The CTEs (for a statement of the caller's) that end `expired` (reason timeout) every broadcast
@@ -99,7 +100,7 @@ def expiry_params(broadcast_ids: Sequence[str], now: datetime) -> dict[str, Any]
     return {
         "ids": list(broadcast_ids),
         "now": now,
-        "active": list(ACTIVE_STATES),
+        "active": list(OPEN),
         "entry": msgspec.json.encode([history_entry("expired", now)]).decode(),
     }
 
@@ -109,7 +110,7 @@ async def active_expiries(conn: Conn, broadcast_ids: Sequence[str]) -> dict[str,
     cur = await conn.execute(
         "SELECT broadcast_id, expires_at FROM broadcasts"
         " WHERE broadcast_id = ANY(%b::text[]) AND state = ANY(%b::text[])",
-        (list(broadcast_ids), list(ACTIVE_STATES)),
+        (list(broadcast_ids), list(OPEN)),
         prepare=True,
     )
     return {row[0]: row[1] for row in await cur.fetchall()}

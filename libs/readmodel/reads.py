@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-Conn = psycopg.AsyncConnection[Any]
+from libs.readmodel.states import OPEN
 
-ACTIVE = ("broadcasting", "partially_filled")
+Conn = psycopg.AsyncConnection[Any]
 
 
 @dataclass(frozen=True)
@@ -105,14 +105,14 @@ async def broadcast(conn: Conn, broadcast_id: str) -> Broadcast | None:
 
 async def active_broadcast(conn: Conn, customer_id: str) -> Broadcast | None:
     where = "WHERE b.customer_id = %s AND b.state = ANY(%s) ORDER BY b.created_at DESC LIMIT 1"
-    found = await _broadcasts(conn, where, (customer_id, list(ACTIVE)))
+    found = await _broadcasts(conn, where, (customer_id, list(OPEN)))
     return found[0] if found else None
 
 
 async def notified_active_broadcasts(conn: Conn, transporter_id: str) -> list[Broadcast]:
     where = """JOIN broadcast_recipients r USING (broadcast_id)
         WHERE r.transporter_id = %s AND b.state = ANY(%s) ORDER BY b.created_at"""
-    return await _broadcasts(conn, where, (transporter_id, list(ACTIVE)))
+    return await _broadcasts(conn, where, (transporter_id, list(OPEN)))
 
 
 async def was_notified(conn: Conn, broadcast_id: str, transporter_id: str) -> bool:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import TypeVar
 
-from libs.events.bus import command_handler, command_key
 from libs.events.commands import commands_stream
+from libs.events.executor import command_handler, command_key
 from libs.events.handlers import CommandHandlers
 from libs.events.runner import RunnerConfig, StreamRunner
 from libs.events.streams import dead_letter_stream

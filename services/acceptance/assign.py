@@ -22,14 +22,17 @@ from libs.events.catalogue import DriverAssigned
 from libs.events.commands import AssignDriver, DriverOnAssignment, Rejected
 from libs.events.store import append
 from libs.readmodel.assignments import put_driver_on
-from libs.readmodel.broadcasts import BroadcastRow, lock_broadcast, set_version
+from libs.readmodel.broadcasts import LockedBroadcast, lock_broadcast, set_version
 from services.acceptance.deps import AcceptanceDeps
 
 Conn = psycopg.AsyncConnection[Any]
 
 
 @dataclass(frozen=True)
-class AssignmentRow:
+class LockedAssignment:
+    """What an assignment's writer decides by, read under its row's lock (the readers' row is
+    `reads.AssignmentRow`)."""
+
     broadcast_id: str
     transporter_id: str
     vehicle_type: str
@@ -38,7 +41,7 @@ class AssignmentRow:
     vehicle_id: str | None
 
 
-async def _assignment(conn: Conn, assignment_id: str) -> AssignmentRow | None:
+async def _assignment(conn: Conn, assignment_id: str) -> LockedAssignment | None:
     cur = await conn.execute(
         "SELECT broadcast_id, transporter_id, vehicle_type, state, driver_id, vehicle_id"
         " FROM assignments WHERE assignment_id = %s",
@@ -46,10 +49,10 @@ async def _assignment(conn: Conn, assignment_id: str) -> AssignmentRow | None:
         prepare=True,
     )
     row = await cur.fetchone()
-    return AssignmentRow(*row) if row else None
+    return LockedAssignment(*row) if row else None
 
 
-async def _locked(conn: Conn, cmd: AssignDriver) -> tuple[BroadcastRow, AssignmentRow]:
+async def _locked(conn: Conn, cmd: AssignDriver) -> tuple[LockedBroadcast, LockedAssignment]:
     """The assignment's broadcast, locked, and the assignment as it is under that lock."""
     found = await _assignment(conn, cmd.assignment_id)
     if found is None or found.transporter_id != cmd.transporter_id:
@@ -115,14 +118,14 @@ async def _refuse_unless_available(conn: Conn, cmd: AssignDriver, vehicle_type: 
         raise Rejected("vehicle_busy")
 
 
-def _already_so(current: AssignmentRow, cmd: AssignDriver) -> bool:
+def _already_so(current: LockedAssignment, cmd: AssignDriver) -> bool:
     return current.state == "driver_assigned" and (current.driver_id, current.vehicle_id) == (
         cmd.driver_id,
         cmd.vehicle_id,
     )
 
 
-async def _record(conn: Conn, broadcast: BroadcastRow, cmd: AssignDriver) -> None:
+async def _record(conn: Conn, broadcast: LockedBroadcast, cmd: AssignDriver) -> None:
     """Update the assignment and append `DriverAssigned` to its broadcast's stream."""
     await put_driver_on(conn, cmd.assignment_id, cmd.driver_id, cmd.vehicle_id)
     event = DriverAssigned(

@@ -24,7 +24,7 @@ from libs.events.commands import AcceptResult, AcceptSlots, AssignmentRef, Rejec
 from libs.events.store import append
 from libs.readmodel.broadcasts import (
     LOCK_BROADCAST,
-    BroadcastRow,
+    LockedBroadcast,
     accept_truck_requests,
     broadcast_row,
     change_state,
@@ -59,7 +59,7 @@ class Claim:
 
 async def _lock_and_read(
     conn: Conn, broadcast_id: str, transporters: list[str]
-) -> tuple[BroadcastRow | None, set[str], list[Slot]]:
+) -> tuple[LockedBroadcast | None, set[str], list[Slot]]:
     """Lock the broadcast's row; then which of `transporters` were notified, and every open
     slot in slot order. One round trip."""
     async with conn.pipeline():
@@ -73,7 +73,7 @@ async def _lock_and_read(
     return row, set(found[0]), [(pair[0], pair[1]) for pair in found[1]]
 
 
-def refuse_unless_open(row: BroadcastRow | None, clock: Clock) -> BroadcastRow:
+def refuse_unless_open(row: LockedBroadcast | None, clock: Clock) -> LockedBroadcast:
     if row is None:
         raise Rejected("not_found", "Broadcast not found")
     if row.state == "cancelled":
@@ -152,7 +152,7 @@ def _result(broadcast_id: str, claim: Claim) -> AcceptResult:
     return AcceptResult(broadcast_id=broadcast_id, broadcast_state=state, assignments=refs)
 
 
-async def _record(conn: Conn, row: BroadcastRow, claims: list[Claim], *, now: datetime) -> None:
+async def _record(conn: Conn, row: LockedBroadcast, claims: list[Claim], *, now: datetime) -> None:
     """Append the claims' events and update the read models, all sent in one round trip."""
     broadcast_id, state, written = row.broadcast_id, row.state, row.version
     events: list[DomainEvent] = []

@@ -23,17 +23,19 @@ from libs.events.catalogue import (
 from libs.events.commands import BroadcastRef, CreateBroadcast, Rejected
 from libs.events.store import append
 from libs.readmodel.broadcasts import insert_broadcast
+from libs.readmodel.states import UNENDED_SQL
 from services.broadcast.deps import BroadcastDeps
 from services.broadcast.matching import nearby_transporters
 
 Conn = psycopg.AsyncConnection[Any]
+_ACTIVE_OF_CUSTOMER = f"""SELECT broadcast_id, request_hash FROM broadcasts
+    WHERE customer_id = %s AND state IN {UNENDED_SQL}"""  # noqa: S608 (constants only)
 
 
 async def active_broadcast(conn: Conn, customer_id: str) -> tuple[str, str] | None:
     """(broadcast id, request hash) of the customer's active broadcast, if any."""
     cur = await conn.execute(
-        "SELECT broadcast_id, request_hash FROM broadcasts WHERE customer_id = %s"
-        " AND state IN ('created', 'broadcasting', 'partially_filled')",
+        _ACTIVE_OF_CUSTOMER,
         (customer_id,),
         prepare=True,
     )

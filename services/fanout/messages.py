@@ -26,6 +26,7 @@ from libs.events.catalogue import (
 from libs.events.clock import iso_ms
 from libs.events.handlers import Handlers
 from libs.inbox.inbox import Message
+from libs.readmodel.states import OPEN
 from libs.readmodel.views import AssignmentView
 from services.fanout import frames as f
 from services.fanout.state import BroadcastState
@@ -119,7 +120,7 @@ def on_filled(change: Change, _event: BroadcastFilled) -> list[Message[f.Frame]]
 def on_cancelled(change: Change, event: BroadcastCancelled) -> list[Message[f.Frame]]:
     bid = change.after.broadcast_id
     out = [state_changed(change)]
-    if change.before is not None and change.before.state in ("broadcasting", "partially_filled"):
+    if change.before is not None and change.before.state in OPEN:
         out += removed(change, "cancelled")  # a filled broadcast already left their lists
     for a in event.cancelled_assignments:
         out.append(

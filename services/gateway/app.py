@@ -13,7 +13,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from libs.events.bus import CommandClient
+from libs.events.client import CommandClient
 from libs.events.outcomes import abandoner
 from libs.runtime.health import health_routes
 from libs.runtime.service import Resources

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from libs.events.bus import CommandTimeout, CommandUnsettled
+from libs.events.client import CommandTimeout, CommandUnsettled
 from libs.events.commands import Failure
 from libs.events.failures import REFUSALS, FailureCode, message_for
 from libs.events.handlers import Handlers

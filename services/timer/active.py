@@ -13,10 +13,10 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-_STILL_ACTIVE = (
-    "SELECT broadcast_id FROM broadcasts WHERE broadcast_id = ANY(%b::text[])"
-    " AND state IN ('created', 'broadcasting', 'partially_filled')"
-)
+from libs.readmodel.states import UNENDED_SQL
+
+_STILL_ACTIVE = f"""SELECT broadcast_id FROM broadcasts WHERE broadcast_id = ANY(%b::text[])
+    AND state IN {UNENDED_SQL}"""  # noqa: S608 (constants only)
 
 Asked = tuple[str, "asyncio.Future[bool]"]
 

@@ -12,20 +12,21 @@ from typing import Any
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
+from libs.readmodel.states import UNENDED_SQL
 from services.timer.store import TimerStore
 
 log = structlog.get_logger(__name__)
 
-_ACTIVE = """
+_ACTIVE = f"""
 SELECT broadcast_id, ceil(extract(epoch FROM expires_at) * 1000)::bigint FROM broadcasts
-WHERE state IN ('created', 'broadcasting', 'partially_filled')
-"""
-_ENDED = """
+WHERE state IN {UNENDED_SQL}
+"""  # noqa: S608 (constants only)
+_ENDED = f"""
 SELECT m FROM unnest(%s::text[]) AS m
 WHERE NOT EXISTS (
     SELECT 1 FROM broadcasts b WHERE b.broadcast_id = m
-    AND b.state IN ('created', 'broadcasting', 'partially_filled'))
-"""
+    AND b.state IN {UNENDED_SQL})
+"""  # noqa: S608 (constants only)
 
 
 async def rebuild(pool: AsyncConnectionPool[Any], store: TimerStore) -> tuple[int, int]:

@@ -111,6 +111,26 @@ def stop_cluster(gateways: Sequence[Gateway]) -> None:
         stop(proc)
 
 
+@contextlib.contextmanager
+def one_gateway(
+    service_env_module: dict[str, str], tmp: Path, services: Sequence[str], **settings: str
+) -> Iterator[Cluster]:
+    """One gateway with `services` behind it, `settings` in every process's environment;
+    stopped at the end."""
+    running = start_cluster(service_env_module, tmp, services, gateways=1, **settings)
+    try:
+        yield running
+    finally:
+        stop_cluster(running.gateways)
+
+
+@contextlib.asynccontextmanager
+async def client_of(running: Cluster, timeout_s: float) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the cluster's first gateway."""
+    async with httpx.AsyncClient(base_url=running.gateways[0].url, timeout=timeout_s) as client:
+        yield client
+
+
 @pytest.fixture(scope="module")
 def cluster(
     service_env_module: dict[str, str], tmp_path_factory: pytest.TempPathFactory

@@ -17,13 +17,13 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from libs.events.bus import command_handler, command_key
 from libs.events.commands import (
     AcceptSlots,
     CreateBroadcast,
     SetAvailability,
     commands_stream,
 )
+from libs.events.executor import command_handler, command_key
 from libs.events.handlers import CommandHandlers
 from libs.events.runner import RunnerConfig, StreamRunner
 from libs.events.streams import dead_letter_stream

@@ -14,7 +14,7 @@ import pytest
 from tests.gateway import races_fixtures
 from tests.gateway.conftest import new_id
 from tests.gateway.helpers import PICKUP, error, search, vehicle_type
-from tests.gateway.races_fixtures import Cluster, start_cluster, stop_cluster
+from tests.gateway.races_fixtures import Cluster, client_of, one_gateway
 
 TIMEOUT_S = 1.0
 EXPIRED_WITHIN_S = 10.0
@@ -28,20 +28,19 @@ def deployment(
     service_env_module: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     """A gateway with broadcast, acceptance and timer processes; broadcasts last one second."""
-    running = start_cluster(
+    tmp = tmp_path_factory.mktemp("expiry")
+    with one_gateway(
         service_env_module,
-        tmp_path_factory.mktemp("expiry"),
+        tmp,
         ("broadcast", "acceptance", "timer"),
-        gateways=1,
         BROADCAST_TIMEOUT_SECONDS=str(TIMEOUT_S),
-    )
-    yield running
-    stop_cluster(running.gateways)
+    ) as running:
+        yield running
 
 
 @pytest.fixture
 async def api(deployment: Cluster) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=deployment.gateways[0].url, timeout=15.0) as client:
+    async with client_of(deployment, 15.0) as client:
         yield client
 
 

@@ -23,7 +23,7 @@ from libs.events.commands import commands_stream
 from tests.gateway import races_fixtures
 from tests.gateway.conftest import new_id
 from tests.gateway.helpers import PICKUP, error, search, vehicle_type
-from tests.gateway.races_fixtures import Cluster, start_cluster, stop_cluster
+from tests.gateway.races_fixtures import Cluster, client_of, one_gateway
 
 COMMAND_TIMEOUT_S = 1.0
 SETTLED_WITHIN_S = 15.0
@@ -36,20 +36,19 @@ def deployment(
     service_env_module: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     """A gateway whose commands time out after one second, with broadcast and acceptance."""
-    running = start_cluster(
+    tmp = tmp_path_factory.mktemp("true-503")
+    with one_gateway(
         service_env_module,
-        tmp_path_factory.mktemp("true-503"),
+        tmp,
         ("broadcast", "acceptance"),
-        gateways=1,
         COMMAND_TIMEOUT_SECONDS=str(COMMAND_TIMEOUT_S),
-    )
-    yield running
-    stop_cluster(running.gateways)
+    ) as running:
+        yield running
 
 
 @pytest.fixture
 async def api(deployment: Cluster) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=deployment.gateways[0].url, timeout=30.0) as client:
+    async with client_of(deployment, 30.0) as client:
         yield client
 
 

@@ -9,8 +9,8 @@ from typing import TypeVar
 import msgspec
 from redis.asyncio import Redis
 
-from libs.events.bus import CommandClient
 from libs.events.catalogue import Location
+from libs.events.client import CommandClient
 from libs.events.commands import BroadcastRef, CreateBroadcast, RegisterVehicle, Reply, TruckOrder
 
 T = TypeVar("T", bound=msgspec.Struct)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from libs.events.bus import CommandClient
+from libs.events.client import CommandClient
 from libs.events.commands import (
     AcceptResult,
     AcceptSlots,

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from redis.asyncio import Redis
 
-from libs.events.bus import CommandClient
+from libs.events.client import CommandClient
 from libs.events.commands import AcceptResult, AcceptSlots, BroadcastRef, commands_stream
 from tests.events.helpers import eventually
 from tests.processes import environment, services

@@ -12,7 +12,7 @@ from libs.readmodel.broadcasts import (
     ACTIVE_STATES,
     PAST_EXPIRY,
     TERMINAL_STATES,
-    BroadcastRow,
+    LockedBroadcast,
     past_expiry,
     timed_out,
 )
@@ -39,10 +39,10 @@ async def test_the_sql_rule_agrees_with_the_python_rule(
     `past_expiry` agree, and `timed_out` is that or `expired`."""
     for state in (*ACTIVE_STATES, *TERMINAL_STATES):
         for expires_at in MOMENTS:
-            row = BroadcastRow("b", "c", state, 2, expires_at)
+            row = LockedBroadcast("b", "c", state, 2, expires_at)
             assert await _in_sql(conn, state, expires_at) == past_expiry(row, NOW), (
                 state,
                 expires_at,
             )
             assert timed_out(row, NOW) == (state == "expired" or past_expiry(row, NOW))
-    assert past_expiry(BroadcastRow("b", "c", "broadcasting", 2, NOW), NOW)
+    assert past_expiry(LockedBroadcast("b", "c", "broadcasting", 2, NOW), NOW)

@@ -16,7 +16,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from libs.events.bus import CommandClient, CommandTimeout
+from libs.events.client import CommandClient, CommandTimeout
 from libs.events.commands import AcceptResult, AcceptSlots, BroadcastRef, commands_stream
 from libs.events.outcomes import abandoner
 from tests.events.helpers import eventually

@@ -14,7 +14,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from libs.events.bus import CommandClient
+from libs.events.client import CommandClient
 from libs.events.clock import iso_ms, utc_now
 from libs.events.commands import Availability, RegisterDriver, SetAvailability
 from libs.readmodel.presence import heartbeats_key, record_heartbeat

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from redis.asyncio import Redis
 
-from libs.events.bus import CommandClient
+from libs.events.client import CommandClient
 from libs.events.commands import AcceptResult, AcceptSlots, BroadcastRef, CancelBroadcast
 from services.timer.scheduler import SchedulerConfig
 from tests.events.helpers import eventually
