@@ -8,14 +8,8 @@ from typing import Any
 
 import psycopg
 
-from libs.readmodel.broadcasts import (
-    ACTIVE_STATES,
-    PAST_EXPIRY,
-    TERMINAL_STATES,
-    LockedBroadcast,
-    past_expiry,
-    timed_out,
-)
+from libs.readmodel.broadcasts import PAST_EXPIRY, LockedBroadcast, past_expiry, timed_out
+from libs.readmodel.states import ENDED, OPEN
 
 NOW = datetime(2026, 11, 24, 10, 0, 0, 123000, tzinfo=UTC)
 MOMENTS = [NOW + timedelta(milliseconds=ms) for ms in (-1000, -1, 0, 1, 1000)]
@@ -25,7 +19,7 @@ async def _in_sql(conn: psycopg.AsyncConnection[Any], state: str, expires_at: da
     cur = await conn.execute(
         f"SELECT {PAST_EXPIRY} FROM (VALUES (%(state)s::text, %(at)s::timestamptz))"
         " AS b(state, expires_at)",
-        {"state": state, "at": expires_at, "active": list(ACTIVE_STATES), "now": NOW},
+        {"state": state, "at": expires_at, "active": list(OPEN), "now": NOW},
     )
     row = await cur.fetchone()
     assert row is not None
@@ -37,7 +31,7 @@ async def test_the_sql_rule_agrees_with_the_python_rule(
 ) -> None:
     """For every state and an expiry before, at and after now, PostgreSQL's `PAST_EXPIRY` and
     `past_expiry` agree, and `timed_out` is that or `expired`."""
-    for state in (*ACTIVE_STATES, *TERMINAL_STATES):
+    for state in (*OPEN, *ENDED):
         for expires_at in MOMENTS:
             row = LockedBroadcast("b", "c", state, 2, expires_at)
             assert await _in_sql(conn, state, expires_at) == past_expiry(row, NOW), (
