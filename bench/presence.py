@@ -1,10 +1,11 @@
 """`presence`: a driver toggles availability over HTTP; how soon its transporter's socket knows.
 
-A real gateway (with the relay and projector), presence and broadcast (fleet registry) process
-on a scratch database. One transporter with 20 registered drivers holds a WebSocket on the
-gateway; drivers take turns to go online or offline (`PUT /v1/drivers/me/availability`), one
-toggle at a time, 400 in all. Latency is from sending the request to the transporter's socket
-receiving that change's `driver_status_changed`; the HTTP reply's latency is shown beside it.
+A real gateway, presence, broadcast (fleet registry) and fan-out (projector) process on a
+scratch database; any of them may hold the outbox relay's lease. One transporter with 20
+registered drivers holds a WebSocket on the gateway; drivers take turns to go online or offline
+(`PUT /v1/drivers/me/availability`), one toggle at a time, 400 in all. Latency is from sending
+the request to the transporter's socket receiving that change's `driver_status_changed`; the
+HTTP reply's latency is shown beside it.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def run() -> Figures:
     figures.notes.append(
         "One toggle at a time from 20 drivers of one transporter. The path: gateway → "
         "presence service (command stream) → PostgreSQL → outbox relay → projector (in the "
-        "gateway) → inbox → pub/sub → socket. Every process, PostgreSQL and Redis share the "
+        "fan-out) → inbox → pub/sub → socket. Every process, PostgreSQL and Redis share the "
         "machine."
     )
     figures.notes.append(load_note(load))
