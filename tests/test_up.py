@@ -23,7 +23,7 @@ from tests.processes import ROOT, weelo_command
 
 UP_WITHIN_S = 20.0
 STOP_WITHIN_S = 40.0
-HEALTH_OFFSETS = (101, 102, 103, 104)
+HEALTH_OFFSETS = (101, 102, 103, 104, 105)  # broadcast, acceptance, timer, presence, fanout
 
 pytestmark = [
     pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc"),
@@ -32,7 +32,7 @@ pytestmark = [
 
 
 def free_base_port(gateways: int = 2) -> int:
-    """A GATEWAY_PORT whose gateway ports and base+101..104 are all free right now."""
+    """A GATEWAY_PORT whose gateway ports and base+101..105 are all free right now."""
     for _ in range(200):
         base = random.randrange(20000, 60000)
         ports = [base + i for i in range(gateways)] + [base + o for o in HEALTH_OFFSETS]
