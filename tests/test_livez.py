@@ -1,14 +1,21 @@
 """`/livez` checks no dependency (CONTRACT.md section 9): with PostgreSQL unreachable a
-service is not ready (`/health` is 503) but is alive, so the orchestrator does not kill it."""
+service is not ready (`/health` is 503) but is alive, so the orchestrator does not kill it; and
+asked to stop then, it stops at once rather than after its 20 s shutdown bound."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.processes import Service, environment, free_port, wait_healthy
+
+SERVICES = ("gateway", "broadcast", "acceptance", "timer", "presence", "fanout")
+# Waiting on nothing, a service stops in well under a second; its tasks' waits for a pooled
+# connection (30 s by default) must not hold the stop up to SHUTDOWN_TIMEOUT_S (20 s).
+STOPS_WITHIN_S = 3.0
 
 
 @pytest.fixture
@@ -36,3 +43,13 @@ async def test_livez_is_200_while_health_is_503_without_postgres(without_postgre
     assert health.json()["checks"]["postgres"] != "ok"
     assert health.json()["checks"]["redis"] == "ok"
     assert without_postgres.proc.poll() is None
+
+
+@pytest.mark.parametrize("without_postgres", SERVICES, indirect=True)
+def test_a_service_without_postgres_stops_within_3_s_of_sigterm(without_postgres: Service) -> None:
+    """With PostgreSQL unreachable, SIGTERM ends the service within 3 s, exit code 0: none of
+    its background tasks sits out a connection wait that PostgreSQL can never end."""
+    time.sleep(1.0)  # let every task reach its first wait for a connection
+    asked = time.monotonic()
+    code = without_postgres.stop(timeout=30.0)
+    assert (code, time.monotonic() - asked < STOPS_WITHIN_S) == (0, True)

@@ -19,6 +19,7 @@ log = structlog.get_logger(__name__)
 
 RETENTION = timedelta(days=1)
 INTERVAL_S = 600.0
+CONNECT_S = 1.0  # a busy or absent PostgreSQL fails this round; the next comes in INTERVAL_S
 PRUNED = {
     "command_results": "recorded_at",
     "processed_events": "processed_at",
@@ -30,7 +31,7 @@ PRUNED = {
 async def prune(pool: AsyncConnectionPool[Any], retention: timedelta = RETENTION) -> dict[str, int]:
     """Delete rows older than `retention`; how many went from each table."""
     removed = {}
-    async with pool.connection() as conn:
+    async with pool.connection(timeout=CONNECT_S) as conn:
         for table, column in PRUNED.items():
             cur = await conn.execute(
                 f"DELETE FROM {table} WHERE {column} < now() - %s",  # noqa: S608

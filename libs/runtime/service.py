@@ -200,9 +200,11 @@ async def run_service(spec: ServiceSpec, settings: Settings, instance: str) -> i
         )
         port = sock.getsockname()[1]
         log.info("service_started", port=port, pid=os.getpid(), db_pool_size=pool_size)
-        coroutines = [t(resources, stop) for t in (*_shared_tasks(), *spec.tasks)]
-        tasks = [asyncio.create_task(c) for c in coroutines]
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        tasks = [
+            asyncio.create_task(t(resources, stop), name=t.__name__.lstrip("_"))
+            for t in (*_shared_tasks(), *spec.tasks)
+        ]
+        serving = asyncio.create_task(server.serve(sockets=[sock]), name="http")
         crashed = await _until_stopped(stop, serving, tasks)
         server.should_exit = True
         await _finish(tasks, serving)

@@ -66,7 +66,7 @@ async def end_silent_forever(pool: AsyncConnectionPool[Any], stop: asyncio.Event
     seen: Seen = {}
     while not stop.is_set():
         try:
-            async with pool.connection() as conn:
+            async with pool.connection(timeout=POLL_S) as conn:
                 for name in await end_silent(conn, seen, time.monotonic()):
                     log.warning("silent_transaction_ended", connection=name, after_s=SILENT_S)
         except (psycopg.Error, PoolTimeout) as e:

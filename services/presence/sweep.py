@@ -41,6 +41,9 @@ class SweepConfig:
     every_s: float = 0.5
     page: int = 500
     parallel: int = 8
+    # The longest a step waits for a pooled connection: a failed pass is retried at the next
+    # interval, and a stop (or an outage) is noticed within it, not after the pool's 30 s.
+    connect_s: float = 1.0
 
     @property
     def interval_s(self) -> float:
@@ -58,7 +61,9 @@ class Sweeper:
     ) -> None:
         self._pool, self._redis, self._prefix = pool, redis, prefix
         self._config, self._clock = config, clock
-        self._time_out = TimeOut(pool, redis, prefix, timedelta(seconds=config.ttl_s), clock)
+        self._time_out = TimeOut(
+            pool, redis, prefix, timedelta(seconds=config.ttl_s), clock, connect_s=config.connect_s
+        )
         self._limit = asyncio.Semaphore(config.parallel)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -78,7 +83,7 @@ class Sweeper:
         after: tuple[datetime, str] | None = None
         offline = 0
         while True:
-            async with self._pool.connection() as conn:
+            async with self._pool.connection(timeout=self._config.connect_s) as conn:
                 page = await stale_online(conn, now - ttl / 2, after, self._config.page)
             offline += await self._sweep_page(page, now)
             if len(page) < self._config.page:
@@ -88,7 +93,7 @@ class Sweeper:
     async def _sweep_page(self, page: list[tuple[str, datetime]], now: datetime) -> int:
         beats = await heartbeats(self._redis, self._prefix, [driver for driver, _ in page])
         newer = [(d, b) for (d, seen), b in zip(page, beats, strict=True) if b and b > seen]
-        async with self._pool.connection() as conn:
+        async with self._pool.connection(timeout=self._config.connect_s) as conn:
             await persist_sightings(conn, newer)
         late = [
             driver

@@ -74,22 +74,25 @@ _LATENESS = (
 )
 
 
-async def measure_lateness(pool: AsyncConnectionPool[Any], expired: Sequence[str]) -> None:
+async def measure_lateness(
+    pool: AsyncConnectionPool[Any], expired: Sequence[str], connect_s: float
+) -> None:
     """How long after its `expiresAt` each of `expired` was ended, read right after the commit
     by PostgreSQL's clock (`weelo_expiry_lateness_seconds` on /metrics)."""
-    async with pool.connection() as conn:
+    async with pool.connection(timeout=connect_s) as conn:
         cur = await conn.execute(_LATENESS, (list(expired),))
         for (late_s,) in await cur.fetchall():
             EXPIRY_LATENESS.observe(max(float(late_s), 0.0))
 
 
 async def expire(
-    pool: AsyncConnectionPool[Any], broadcast_ids: Sequence[str], clock: Clock
+    pool: AsyncConnectionPool[Any], broadcast_ids: Sequence[str], clock: Clock, connect_s: float
 ) -> Outcome:
-    """`expire_in` in its own transaction, retried on a write conflict."""
+    """`expire_in` in its own transaction (waiting at most `connect_s` for a connection),
+    retried on a write conflict."""
     for _ in range(RETRIES):
         try:
-            async with pool.connection() as conn, conn.transaction():
+            async with pool.connection(timeout=connect_s) as conn, conn.transaction():
                 return await expire_in(conn, broadcast_ids, clock)
         except ConcurrencyConflict:
             continue

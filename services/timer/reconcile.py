@@ -29,10 +29,13 @@ WHERE NOT EXISTS (
 """  # noqa: S608 (constants only)
 
 
-async def rebuild(pool: AsyncConnectionPool[Any], store: TimerStore) -> tuple[int, int]:
-    """Make the schedule match PostgreSQL; (timers added, timers forgotten)."""
+async def rebuild(
+    pool: AsyncConnectionPool[Any], store: TimerStore, connect_s: float
+) -> tuple[int, int]:
+    """Make the schedule match PostgreSQL, waiting at most `connect_s` for a connection;
+    (timers added, timers forgotten)."""
     members = await store.members()
-    async with pool.connection() as conn:
+    async with pool.connection(timeout=connect_s) as conn:
         active = [(r[0], int(r[1])) for r in await (await conn.execute(_ACTIVE)).fetchall()]
         ended = [r[0] for r in await (await conn.execute(_ENDED, (members,))).fetchall()]
     added = await store.schedule(active)

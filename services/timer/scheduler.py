@@ -41,6 +41,9 @@ class SchedulerConfig:
     max_sleep_s: float = 0.2
     rebuild_every_s: float = 3.0
     retry_s: float = 0.2  # the pause after PostgreSQL or Redis failed to answer
+    # The longest a round waits for a pooled connection: past it a claimed batch's lease has
+    # run out anyway, and a stop (or an outage) is noticed within it, not after the pool's 30 s.
+    connect_s: float = 0.5
 
 
 class Scheduler:
@@ -61,7 +64,7 @@ class Scheduler:
         while not stop.is_set():
             try:
                 if time.monotonic() >= next_rebuild:
-                    await rebuild(self._pool, self._store)
+                    await rebuild(self._pool, self._store, self._config.connect_s)
                     next_rebuild = time.monotonic() + self._config.rebuild_every_s
                 await self._fire_due()
                 await self._sleep(stop)
@@ -94,7 +97,7 @@ class Scheduler:
     async def _fire(self, claimed: list[str]) -> None:
         """Expire a claimed batch; on failure the leases run out and it is claimed again."""
         try:
-            outcome = await expire(self._pool, claimed, self._clock)
+            outcome = await expire(self._pool, claimed, self._clock, self._config.connect_s)
         except Exception as e:
             log.error("expiry_failed", timers=len(claimed), error=str(e))
             return
@@ -102,7 +105,7 @@ class Scheduler:
         await self._store.done_many([*outcome.expired, *outcome.ended])
         if outcome.expired:
             with contextlib.suppress(psycopg.Error, PoolTimeout):
-                await measure_lateness(self._pool, outcome.expired)
+                await measure_lateness(self._pool, outcome.expired, self._config.connect_s)
         for bid, expires_at in outcome.early.items():
             log.warning("timer_claimed_early", broadcast_id=bid)
             await self._store.put_back(bid, due_ms(expires_at))

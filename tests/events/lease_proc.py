@@ -31,11 +31,13 @@ async def main(
 
     async def work(held: Held) -> None:
         print(f"holding {held.token}", flush=True)
-        while held.valid():
-            if int(await append(keys=[fence, log], args=[held.token, holder])) != 1:
-                raise LeaseLost(role)
-            await asyncio.sleep(0.02)
-        print(f"stopped {held.token}", flush=True)
+        try:
+            while held.valid():
+                if int(await append(keys=[fence, log], args=[held.token, holder])) != 1:
+                    raise LeaseLost(role)
+                await asyncio.sleep(0.02)
+        finally:  # woken after its lease ran out, it stops at `valid()` or at a fenced append
+            print(f"stopped {held.token}", flush=True)
 
     async with AsyncConnectionPool(
         database_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
