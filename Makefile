@@ -17,7 +17,7 @@ run: venv
 	$(VENV)/bin/weelo up
 
 test: venv lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 4 --dist loadscope --no-loadscope-reorder
 
 # The pure tests and the fast integration ones (no processes started, no lint): under 30 s.
 test-fast: venv

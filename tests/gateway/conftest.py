@@ -135,11 +135,12 @@ def started(
         gateway.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def system(
     database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
-    """One gateway with the broadcast and acceptance services behind it, for the session."""
+    """One gateway with the broadcast and acceptance services behind it, for the gateway tests
+    (they run one after another, on one worker: `LANES` in tests/conftest.py)."""
     tmp = tmp_path_factory.mktemp("gateway-system")
     run = uuid.uuid4().hex[:8]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "PYTEST_"))}
@@ -157,7 +158,7 @@ def system(
     forget_keys(redis_url, env["REDIS_KEY_PREFIX"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def presence(system: Gateway) -> Gateway:
     """The shared gateway with the presence service running behind it too."""
     if not any(proc.name == "presence" for proc in system.procs):
