@@ -89,6 +89,7 @@ def lane_of(nodeid: str) -> tuple[int, str]:
     return len(LANES), path
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, when it is loaded
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """Whole lanes and modules to workers, in collection order (`xdist_group` marks cannot do it
     on this pytest: its nodeid suffix no longer takes effect, pytest-xdist issue 1386)."""

@@ -34,9 +34,16 @@ async def watch_losses(
     """Call `on_loss` whenever the mark at `key` changes from one value to another (a missing
     mark, as right after a wipe and before the relay noticed it, is no value)."""
     seen: bytes | str | None = None
+    failing = False
     while not stop.is_set():
-        with contextlib.suppress(RedisError, OSError):
+        try:
             mark = await redis.get(key)
+        except (RedisError, OSError) as e:
+            if not failing:  # once per outage: a watcher that cannot read hears of no loss
+                log.warning("loss_mark_unreadable", error=repr(e))
+            failing = True
+        else:
+            failing = False
             if mark is not None:
                 if seen is not None and mark != seen:
                     told = on_loss()

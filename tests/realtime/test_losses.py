@@ -1,0 +1,97 @@
+"""When a gateway tells its sockets to resync (services/gateway/realtime/losses.py), watched on
+the real Redis: a changed loss mark resyncs them; the mark found at the first read, or a missing
+one (a wipe the relay has not noticed yet), does not."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from services.gateway.realtime.losses import watch_losses
+
+EVERY_S = 0.01
+
+
+class CountingRedis(Redis):
+    """The real client, counting the watcher's reads so a test can wait for the next one."""
+
+    reads = 0
+
+    async def get(self, name: Any) -> Any:
+        value = await super().get(name)
+        self.reads += 1
+        return value
+
+
+class Watcher:
+    def __init__(self, redis: CountingRedis) -> None:
+        self.redis, self.losses = redis, 0
+
+    def on_loss(self) -> int:
+        self.losses += 1
+        return 1
+
+    async def next_reads(self, count: int = 2) -> None:
+        """Return once the watcher has read `count` more times (the first may have been under
+        way before the caller's change)."""
+        target = self.redis.reads + count
+        async with asyncio.timeout(5):
+            while self.redis.reads < target:
+                await asyncio.sleep(EVERY_S / 2)
+
+
+Start = Callable[[], Awaitable[Watcher]]
+
+
+@pytest.fixture
+async def start(redis_url: str, prefix: str) -> AsyncIterator[Start]:
+    """`start()` runs `watch_losses` on the key `{prefix}losses` until the test ends."""
+    client = CountingRedis.from_url(redis_url)
+    stop, tasks = asyncio.Event(), []
+
+    async def started() -> Watcher:
+        watcher = Watcher(client)
+        tasks.append(
+            asyncio.create_task(
+                watch_losses(client, f"{prefix}losses", watcher.on_loss, stop, EVERY_S)
+            )
+        )
+        await watcher.next_reads(1)
+        return watcher
+
+    yield started
+    stop.set()
+    await asyncio.gather(*tasks)
+    await client.delete(f"{prefix}losses")
+    await client.aclose()
+
+
+async def test_a_changed_mark_resyncs_and_the_mark_found_at_start_does_not(
+    start: Start, redis: Redis, prefix: str
+) -> None:
+    """The mark there at the first read is no loss; each change after it is one."""
+    await redis.set(f"{prefix}losses", "epoch-1")
+    watcher = await start()
+    await watcher.next_reads()
+    assert watcher.losses == 0
+    await redis.set(f"{prefix}losses", "epoch-2")
+    await watcher.next_reads()
+    assert watcher.losses == 1
+
+
+async def test_a_missing_mark_is_no_loss_until_the_relay_sets_a_new_one(
+    start: Start, redis: Redis, prefix: str
+) -> None:
+    """Wiped (the relay has not noticed yet): nothing; the relay's new mark: one loss."""
+    await redis.set(f"{prefix}losses", "epoch-1")
+    watcher = await start()
+    await redis.delete(f"{prefix}losses")
+    await watcher.next_reads()
+    assert watcher.losses == 0
+    await redis.set(f"{prefix}losses", "epoch-2")
+    await watcher.next_reads()
+    assert watcher.losses == 1
