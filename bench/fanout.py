@@ -441,8 +441,8 @@ def _report(figures: Figures, m: Measured) -> None:
     )
     figures.notes.append(
         "What the figures rest on (found while bringing p99 from ~900 ms to under 25 ms): the "
-        "gateway freezes its surviving objects out of the garbage collector every 5 s "
-        "(services/gateway/realtime/heap.py), since a full collection over 5,000 sockets' "
+        "gateway and the fan-out freeze their surviving objects out of the garbage collector "
+        "every 5 s (libs/runtime/heap.py), since a full collection over 5,000 sockets' "
         "objects stopped it for 0.3-0.5 s every 10-20 s; the relay vacuums the outbox every "
         "2,000 rows it removed, since taking a batch walked every deleted row (1 ms growing to "
         "6 ms within 7 s) until autovacuum came; the producer runs inside PostgreSQL and the "

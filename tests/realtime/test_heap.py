@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.gateway.realtime.heap import full_collection, settle
+from libs.runtime.heap import full_collection, settle
 
 
 class Node:

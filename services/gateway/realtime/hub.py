@@ -28,8 +28,8 @@ from redis.exceptions import RedisError
 
 from libs.events.streams import bus_losses_key
 from libs.inbox.inbox import Inbox
+from libs.runtime.heap import tend_heap
 from services.gateway.realtime.connection import Connection
-from services.gateway.realtime.heap import tend_heap
 from services.gateway.realtime.heartbeats import SocketHeartbeats
 from services.gateway.realtime.lag import watch_loop_lag
 from services.gateway.realtime.losses import watch_losses
