@@ -41,8 +41,10 @@ class SweepConfig:
     every_s: float = 0.5
     page: int = 500
     parallel: int = 8
-    # The longest a step waits for a pooled connection: a failed pass is retried at the next
-    # interval, and a stop (or an outage) is noticed within it, not after the pool's 30 s.
+    # The longest the pass's own steps (reading a page, saving sightings) wait for a pooled
+    # connection: a failed pass is retried at the next interval, and a stop (or an outage) is
+    # noticed within it, not after the pool's 30 s. Turning drivers offline, `parallel` at a time
+    # on a pool that may be smaller, queues for connections as long as the pool allows.
     connect_s: float = 1.0
 
     @property
@@ -61,9 +63,7 @@ class Sweeper:
     ) -> None:
         self._pool, self._redis, self._prefix = pool, redis, prefix
         self._config, self._clock = config, clock
-        self._time_out = TimeOut(
-            pool, redis, prefix, timedelta(seconds=config.ttl_s), clock, connect_s=config.connect_s
-        )
+        self._time_out = TimeOut(pool, redis, prefix, timedelta(seconds=config.ttl_s), clock)
         self._limit = asyncio.Semaphore(config.parallel)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -35,11 +35,9 @@ class TimeOut:
         prefix: str,
         ttl: timedelta,
         clock: Clock,
-        *,
-        connect_s: float,
     ) -> None:
         self._pool, self._redis, self._prefix = pool, redis, prefix
-        self.ttl, self._clock, self._connect_s = ttl, clock, connect_s
+        self.ttl, self._clock = ttl, clock
 
     def expired(self, last_seen: datetime | None, now: datetime) -> bool:
         return last_seen is None or now - last_seen > self.ttl
@@ -47,7 +45,7 @@ class TimeOut:
     async def __call__(self, driver_id: str) -> bool:
         """Turn the driver offline if it is still online and unseen for the TTL; True if so."""
         try:
-            async with self._pool.connection(timeout=self._connect_s) as conn, conn.transaction():
+            async with self._pool.connection() as conn, conn.transaction():
                 return await self._time_out_in(conn, driver_id)
         except ConcurrencyConflict:
             return False  # someone else changed it first; the next sweep looks again
