@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from libs.local.probes import free_port
@@ -25,6 +25,7 @@ __all__ = [
     "run_weelo",
     "services",
     "start_service",
+    "stop_all",
     "terminate",
     "wait_healthy",
     "weelo_command",
@@ -130,8 +131,24 @@ def services(names: Sequence[str], env: dict[str, str]) -> Iterator[dict[str, Se
             wait_healthy(service.port, service.proc)
         yield started
     finally:
-        for service in started.values():
-            service.stop()
+        stop_all(started.values())
+
+
+def stop_all(running: Iterable[Service], timeout: float = 30.0) -> None:
+    """SIGTERM every one of `running` at once, then wait for each (killing any still there after
+    `timeout` s): they stop side by side, as an orchestrator stops a deployment, not one after
+    another."""
+    procs = [service.proc for service in running]
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def environment(base: dict[str, str], **overrides: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ import pytest
 
 from libs.events.lease import projector_role
 from libs.runtime.tokens import Role, issue
-from tests.processes import Service, environment, services, wait_healthy
+from tests.processes import Service, environment, services, stop_all, wait_healthy
 from tests.realtime.sockets import Socket
 
 GATEWAYS = 2
@@ -121,8 +121,7 @@ def system(service_env_module: dict[str, str], settings: dict[str, str]) -> Iter
         fanouts = [p for p in procs.values() if p.name == "fanout"]
         system = System(env, procs, gateways, fanouts)
         yield system
-        for process in (*system.gateways, *system.fanouts):
-            process.stop()
+        stop_all((*system.gateways, *system.fanouts))  # the socket holders first, then the rest
 
 
 @pytest.fixture
