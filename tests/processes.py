@@ -131,14 +131,14 @@ def services(names: Sequence[str], env: dict[str, str]) -> Iterator[dict[str, Se
             wait_healthy(service.port, service.proc)
         yield started
     finally:
-        stop_all(started.values())
+        stop_all(service.proc for service in started.values())
 
 
-def stop_all(running: Iterable[Service], timeout: float = 30.0) -> None:
-    """SIGTERM every one of `running` at once, then wait for each (killing any still there after
-    `timeout` s): they stop side by side, as an orchestrator stops a deployment, not one after
-    another."""
-    procs = [service.proc for service in running]
+def stop_all(running: Iterable[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    """SIGTERM every process of `running` at once (once: a second SIGTERM forces a service to
+    exit), then wait for each, killing any still there after `timeout` s: they stop side by
+    side, as an orchestrator stops a deployment, not one after another."""
+    procs = list(running)
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -12,7 +12,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ import pytest
 
 from libs.runtime.tokens import Role, issue
 from tests.keys import forget_keys
-from tests.processes import DB_POOL_SIZE, free_port, start_service, terminate
+from tests.processes import DB_POOL_SIZE, free_port, start_service, stop_all
 
 if TYPE_CHECKING:
     from tests.gateway.seed import Seeder
@@ -47,8 +47,9 @@ def spawn(service: str, env: Mapping[str, str], logs: Path) -> Proc:
     return Proc(service, start_service(service, env, log), log)
 
 
-def stop(proc: Proc) -> None:
-    terminate(proc.popen, STOP_WITHIN_S)
+def stop(procs: Iterable[Proc]) -> None:
+    """Stop `procs` side by side (SIGTERM once, a kill if one overstays `STOP_WITHIN_S`)."""
+    stop_all((proc.popen for proc in procs), STOP_WITHIN_S)
 
 
 def wait_answering(proc: Proc, url: str, *, healthy: bool = True) -> None:
@@ -92,8 +93,7 @@ class Gateway:
 
     def stop(self) -> None:
         """Stop every process of this gateway (SIGTERM, a kill if one overstays)."""
-        for proc in self.procs:
-            stop(proc)
+        stop(self.procs)
 
     def token(self, role: Role, sub: str | None = None, ttl_s: int = 600) -> str:
         return issue(self.access_secret, role=role, sub=sub or new_id(role), ttl_s=ttl_s)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import signal
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,13 +101,8 @@ def start_cluster(
 
 
 def stop_cluster(gateways: Sequence[Gateway]) -> None:
-    """SIGTERM every process at once, then wait for each (killing any that overstays)."""
-    procs = [proc for gateway in gateways for proc in gateway.procs]
-    for proc in procs:
-        if proc.popen.poll() is None:
-            proc.popen.send_signal(signal.SIGTERM)
-    for proc in procs:
-        stop(proc)
+    """Stop every process of the cluster side by side."""
+    stop([proc for gateway in gateways for proc in gateway.procs])
 
 
 @contextlib.contextmanager

@@ -121,7 +121,8 @@ def system(service_env_module: dict[str, str], settings: dict[str, str]) -> Iter
         fanouts = [p for p in procs.values() if p.name == "fanout"]
         system = System(env, procs, gateways, fanouts)
         yield system
-        stop_all((*system.gateways, *system.fanouts))  # the socket holders first, then the rest
+        # The socket holders first, then the rest.
+        stop_all(process.proc for process in (*system.gateways, *system.fanouts))
 
 
 @pytest.fixture

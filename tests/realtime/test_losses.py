@@ -1,6 +1,6 @@
 """When a gateway tells its sockets to resync (services/gateway/realtime/losses.py), watched on
 the real Redis: a changed loss mark resyncs them; the mark found at the first read, or a missing
-one (a wipe the relay has not noticed yet), does not."""
+one (a wipe the relay has not noticed yet), does not; a watcher that cannot read says so."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from services.gateway.realtime.losses import watch_losses
+from tests.processes import free_port
 
 EVERY_S = 0.01
 
@@ -22,9 +24,10 @@ class CountingRedis(Redis):
     reads = 0
 
     async def get(self, name: Any) -> Any:
-        value = await super().get(name)
-        self.reads += 1
-        return value
+        try:
+            return await super().get(name)
+        finally:
+            self.reads += 1
 
 
 class Watcher:
@@ -44,16 +47,19 @@ class Watcher:
                 await asyncio.sleep(EVERY_S / 2)
 
 
-Start = Callable[[], Awaitable[Watcher]]
+Start = Callable[..., Awaitable[Watcher]]
 
 
 @pytest.fixture
 async def start(redis_url: str, prefix: str) -> AsyncIterator[Start]:
-    """`start()` runs `watch_losses` on the key `{prefix}losses` until the test ends."""
-    client = CountingRedis.from_url(redis_url)
+    """`start(url)` runs `watch_losses` on the key `{prefix}losses` of the Redis at `url` (the
+    suite's by default) until the test ends."""
+    clients: list[CountingRedis] = []
     stop, tasks = asyncio.Event(), []
 
-    async def started() -> Watcher:
+    async def started(url: str = redis_url) -> Watcher:
+        client = CountingRedis.from_url(url, socket_connect_timeout=0.2)
+        clients.append(client)
         watcher = Watcher(client)
         tasks.append(
             asyncio.create_task(
@@ -66,8 +72,8 @@ async def start(redis_url: str, prefix: str) -> AsyncIterator[Start]:
     yield started
     stop.set()
     await asyncio.gather(*tasks)
-    await client.delete(f"{prefix}losses")
-    await client.aclose()
+    for client in clients:
+        await client.aclose()
 
 
 async def test_a_changed_mark_resyncs_and_the_mark_found_at_start_does_not(
@@ -95,3 +101,13 @@ async def test_a_missing_mark_is_no_loss_until_the_relay_sets_a_new_one(
     await redis.set(f"{prefix}losses", "epoch-2")
     await watcher.next_reads()
     assert watcher.losses == 1
+
+
+async def test_a_watcher_that_cannot_read_the_mark_says_so_once(start: Start) -> None:
+    """Against a Redis that does not answer, every read fails: one `loss_mark_unreadable`
+    warning for the whole outage, not one per read, and no loss called."""
+    with capture_logs() as logs:
+        watcher = await start(f"redis://127.0.0.1:{free_port()}/0")
+        await watcher.next_reads(3)
+    unreadable = [e for e in logs if e["event"] == "loss_mark_unreadable"]
+    assert ([e["log_level"] for e in unreadable], watcher.losses) == (["warning"], 0)
