@@ -7,8 +7,7 @@ tasks, buffers, headers, the ASGI call chain). A full collection walks every one
 every 10-20 s, so every message in flight waits that long.
 
 The gateway (and the fan-out, whose projector keeps thousands of broadcasts' state and its
-delivery records: without it its p99 was 21-37 ms against 17 ms with it, on the fanout
-benchmark) therefore moves what survives to CPython's permanent generation every
+delivery records) therefore moves what survives to CPython's permanent generation every
 `settle_every_s` (`gc.freeze()`, after a collection of the young generations so that young
 garbage is not kept): the automatic collections then only walk objects younger than that.
 Frozen objects are still freed by reference counting when a socket closes (measured: closing

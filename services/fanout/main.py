@@ -2,8 +2,8 @@
 
 Any number of copies may run; the holder of the projector's lease projects, the others stand
 by (`projector.py`). It serves `/health`, `/livez` and `/metrics` on `HEALTH_PORT`. Its heap is
-tended like the gateway's (`libs/runtime/heap.py`): the projector's state would otherwise make
-the collector's full passes stop it for tens of milliseconds.
+tended like the gateway's (`libs/runtime/heap.py`), since the projector keeps thousands of
+broadcasts' state; the fanout benchmark's runs have not shown how much that changes its tail.
 """
 
 import asyncio
