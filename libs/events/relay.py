@@ -143,9 +143,11 @@ class OutboxRelay:
         those rows again, which consumers dedupe."""
         try:
             async with worker.pipeline(), worker.transaction():
-                rows = await outbox.take_pending(worker, self._config.batch_size)
+                rows = await outbox.take_and_log(
+                    worker, self._config.batch_size, self._epoch, self._count + 1
+                )
                 if rows:
-                    await self._send(worker, held, rows)
+                    await self._send(worker, held, rows, logged=True)
         except _Diverged:  # the batch's rows went back to the outbox with the rollback
             await self._sync(worker, held)
             return True
@@ -153,8 +155,11 @@ class OutboxRelay:
         self._removed += len(rows)
         return len(rows) == self._config.batch_size
 
-    async def _send(self, worker: Conn, held: Held, rows: Sequence[outbox.Row]) -> None:
-        """Publish `rows` as the epoch's next batch and log it (in the caller's transaction)."""
+    async def _send(
+        self, worker: Conn, held: Held, rows: Sequence[outbox.Row], logged: bool = False
+    ) -> None:
+        """Publish `rows` as the epoch's next batch and log it (in the caller's transaction),
+        unless the statement that took them `logged` it already."""
         if not held.valid():
             raise LeaseLost(RELAY_ROLE)
         after = self._count + 1
@@ -165,7 +170,8 @@ class OutboxRelay:
             raise LeaseLost(RELAY_ROLE)
         if outcome is Outcome.DIVERGED:
             raise _Diverged
-        await outbox.log_batch(worker, self._epoch, after, rows)
+        if not logged:
+            await outbox.log_batch(worker, self._epoch, after, rows)
         self._count = after
 
     async def _check(self, worker: Conn, held: Held) -> None:

@@ -4,6 +4,7 @@ time, and recent events are republished after Redis lost its data."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
+from libs.events import outbox
 from libs.events.codec import envelope_from_fields
 from libs.events.lease import LeaseConfig
 from libs.events.relay import OutboxRelay, RelayConfig
@@ -217,3 +219,43 @@ async def _count(redis: Redis, stream: str, stream_id: str, wanted: int) -> bool
 
 async def _vacuumed_since(database_url: str, before: int) -> bool:
     return await _manual_vacuums(database_url) > before
+
+
+async def _log_rows(conn: psycopg.AsyncConnection, epoch: str) -> list[tuple[int, list[int]]]:
+    cur = await conn.execute(
+        "SELECT seq, positions FROM relay_log WHERE epoch = %s ORDER BY seq", (epoch,)
+    )
+    return [(int(s), list(p)) for s, p in await cur.fetchall()]
+
+
+async def test_taking_a_batch_logs_it_in_the_same_transaction_and_an_empty_one_not_at_all(
+    database_url: str, conn: psycopg.AsyncConnection
+) -> None:
+    """The relay's one statement per batch: on an empty outbox it takes nothing and logs
+    nothing; with events it takes the oldest, in order, and logs exactly their positions as the
+    batch number given; rolled back (publishing failed), the events are back in the outbox and
+    the log has no such batch."""
+    await _drain_outbox(database_url)
+    epoch = f"test-{uuid.uuid4().hex}"
+    async with conn.transaction():
+        assert await outbox.take_and_log(conn, 10, epoch, 1) == []
+    assert await _log_rows(conn, epoch) == []
+    async with conn.transaction():
+        await append_probes(conn, f"probe-{uuid.uuid4()}", 5)
+    cur = await conn.execute("SELECT position FROM outbox ORDER BY position")
+    positions = [int(r[0]) for r in await cur.fetchall()]
+    with contextlib.suppress(_PublishFailed):
+        async with conn.transaction():
+            await outbox.take_and_log(conn, 3, epoch, 1)
+            raise _PublishFailed
+    assert await _log_rows(conn, epoch) == []
+    async with conn.transaction():
+        taken = await outbox.take_and_log(conn, 3, epoch, 1)
+    assert [int(row[0]) for row in taken] == positions[:3]
+    assert await _log_rows(conn, epoch) == [(1, positions[:3])]
+    cur = await conn.execute("SELECT position FROM outbox ORDER BY position")
+    assert [int(r[0]) for r in await cur.fetchall()] == positions[3:]
+
+
+class _PublishFailed(Exception):
+    """Stands for a batch that Redis refused: the relay's transaction rolls back."""
