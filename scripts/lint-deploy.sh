@@ -2,7 +2,9 @@
 # Offline checks of everything that deploys Weelo (run by `make lint`, so by `make test`):
 #   ECS task definitions  botocore's RegisterTaskDefinition model + our rules (no secret in
 #                         `environment`, health checks, stopTimeout, logs)
-#   CloudFormation stack  cfn-lint with the Weelo rules in deploy/cfn-rules (RDS, ECS, Redis)
+#   CloudFormation stack  cfn-lint with the Weelo rules in deploy/cfn-rules (RDS, ECS, Redis,
+#                         alarms and rollback, autoscaling, /metrics, OIDC, names, JWT secret),
+#                         and checkov for breadth (deploy/checkov.yaml: skips, each with why)
 #   workflows, compose    check-jsonschema with its vendored GitHub-workflow and compose schemas
 #   Dockerfile            hadolint
 #   workflows             zizmor --offline
@@ -23,6 +25,7 @@ check() {  # check NAME COMMAND...: run it, remember NAME if it fails
 
 check task-definitions "$BIN/python" scripts/check_task_definitions.py
 check cfn-lint "$BIN/cfn-lint" --append-rules deploy/cfn-rules --template deploy/ecs/stack.yaml
+check checkov "$BIN/checkov" --config-file deploy/checkov.yaml --file deploy/ecs/stack.yaml
 check workflow-schema "$BIN/check-jsonschema" --builtin-schema vendor.github-workflows \
   .github/workflows/*.yml
 check compose-schema "$BIN/check-jsonschema" --builtin-schema vendor.compose-spec compose.yaml

@@ -51,7 +51,6 @@ SLOW_TESTS = frozenset(
         "test_projected.py::test_a_record_whose_write_failed_is_written_once_postgresql_takes_it",
         "test_projected.py::"
         "test_an_event_whose_record_was_not_written_is_not_acknowledged_and_reaches_users_once",
-        "test_keyring.py::test_rotation_is_picked_up_after_the_refresh_interval",
         "test_order.py::test_a_failing_projection_holds_back_its_broadcast_and_no_other",
     }
 )

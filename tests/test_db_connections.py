@@ -1,8 +1,9 @@
 """`DB_POOL_SIZE` bounds every PostgreSQL connection one service process opens (issue 10).
 
 Besides its pool, every service runs the outbox relay (while it holds the relay's lease: its
-listening connection, its publishing connection and one while it vacuums); with a small budget a
-burst of requests must still not take a process past it. This module has its own database, so
+listening connection, its publishing connection and one while it vacuums) and answers `/health`
+on a connection of its own (one round of checks at a time); with a small budget a burst of
+probes must still not take a process past it. This module has its own database, so
 every other connection to it is one of the process under test.
 """
 
@@ -23,8 +24,9 @@ from tests.processes import Service, environment, run_weelo, wait_healthy
 BURST = 50  # requests in flight at once
 BURST_S = 2.0
 SAMPLE_S = 0.02
-# The least DB_POOL_SIZE each role runs with: relay 3 + pool 1 (+ 1 for the fan-out's records).
-SMALLEST = {"gateway": 4, "broadcast": 4, "fanout": 5}
+# The least DB_POOL_SIZE each role runs with: relay 3 + the probe's 1 + pool 1 (+ 1 for the
+# fan-out's records).
+SMALLEST = {"gateway": 5, "broadcast": 5, "fanout": 6}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,8 @@ async def others_connections(conn: psycopg.AsyncConnection[tuple[object, ...]]) 
 
 
 async def burst(port: int, until: float) -> None:
-    """Keep `BURST` health checks (each takes a pooled connection) in flight until `until`."""
+    """Keep `BURST` health checks in flight until `until` (each round of checks opens a
+    connection)."""
     limits = httpx.Limits(max_connections=BURST, max_keepalive_connections=BURST)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as client:
 
@@ -97,7 +100,7 @@ def test_a_db_pool_size_too_small_for_the_roles_stops_the_start(
     env = environment(service_env, DB_POOL_SIZE=str(SMALLEST["fanout"] - 1))
     done = run_weelo(env, "run", "fanout", timeout=30)
     assert done.returncode == 2
-    assert "DB_POOL_SIZE=4 is too small for fanout" in done.stderr
+    assert "DB_POOL_SIZE=5 is too small for fanout" in done.stderr
 
 
 def test_connections_carry_tcp_keepalives_and_a_user_timeout(database_url: str) -> None:

@@ -62,7 +62,17 @@ def test_a_service_reports_its_roles_pool_outbox_and_streams(broadcast: Service)
     )
     assert _sample(page, 'weelo_lease_held{role="relay"}') == 1.0
     assert _sample(page, 'weelo_lease_acquisitions_total{role="relay"}') == 1.0
-    assert _sample(page, "weelo_db_pool_max") == 3.0  # DB_POOL_SIZE 6 less the relay's 3
+    assert _sample(page, "weelo_db_pool_max") == 2.0  # DB_POOL_SIZE 6 less relay 3, probe 1
     assert 'group="broadcast"' in page
     for name in ("weelo_dead_letters_total", "weelo_command_timeouts_total"):
         assert f"# TYPE {name} counter" in page
+
+
+def test_metrics_answer_only_at_the_path_spelled_out(broadcast: Service) -> None:
+    """`/metrics` percent-encoded (which a load balancer's path rule does not match, and the
+    server decodes) is 404, so blocking the plain path at the load balancer blocks them all."""
+    base = f"http://127.0.0.1:{broadcast.port}"
+    assert httpx.get(f"{base}/metrics", timeout=5).status_code == 200
+    for spelled in ("/%6Detrics", "/metric%73", "/%6d%65%74%72%69%63%73"):
+        url = httpx.URL(base).copy_with(raw_path=spelled.encode())
+        assert httpx.get(url, timeout=5).status_code == 404, spelled

@@ -3,14 +3,22 @@
 #   1. render and register weelo-migrate, run it as a one-off task, require exit code 0;
 #   2. render and register each service's task definition and point its service at it (a service
 #      that does not exist yet, on the very first deployment, only gets its definition registered);
-#   3. wait until every service is stable, then require that each one's PRIMARY deployment is
+#   3. register weelo-ops (the one-off `weelo ops ...` task operators run, on this image);
+#   4. wait until every service is stable, then require that each one's PRIMARY deployment is
 #      the new revision with rolloutState COMPLETED (a circuit-breaker rollback also ends
 #      "stable", on the old revision, and must fail the deploy).
-# Needs IMAGE plus the names stack-outputs.sh prints, and AWS credentials.
+# Needs IMAGE plus the names stack-outputs.sh prints (each task's own role among them), and AWS
+# credentials. CPU_ARCHITECTURE (X86_64 or ARM64) and COLLECTOR_IMAGE are optional
+# (render_task_definition.py has their defaults).
 set -euo pipefail
-: "${IMAGE:?}" "${AWS_REGION:?}" "${CLUSTER:?}" "${SECRET_ARN:?}" "${TASK_ROLE_ARN:?}"
-: "${EXECUTION_ROLE_ARN:?}" "${LOG_GROUP:?}" "${SUBNETS:?}" "${SECURITY_GROUP:?}"
-export IMAGE AWS_REGION SECRET_ARN TASK_ROLE_ARN EXECUTION_ROLE_ARN LOG_GROUP
+roles=(GATEWAY_TASK_ROLE_ARN BROADCAST_TASK_ROLE_ARN ACCEPTANCE_TASK_ROLE_ARN TIMER_TASK_ROLE_ARN
+  PRESENCE_TASK_ROLE_ARN FANOUT_TASK_ROLE_ARN MIGRATE_TASK_ROLE_ARN OPS_TASK_ROLE_ARN)
+for name in IMAGE AWS_REGION CLUSTER SECRET_ARN JWT_SECRET_ARN EXECUTION_ROLE_ARN LOG_GROUP \
+  SUBNETS SECURITY_GROUP "${roles[@]}"; do
+  : "${!name:?$name is not set}"
+  export "${name?}"
+done
+export CPU_ARCHITECTURE="${CPU_ARCHITECTURE:-}" COLLECTOR_IMAGE="${COLLECTOR_IMAGE:-}"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 work="$(mktemp -d)"
@@ -83,4 +91,5 @@ verify_services() {
 
 migrate
 deploy_services
+echo "ops: registered $(register ops)"
 verify_services

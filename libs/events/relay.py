@@ -113,6 +113,10 @@ class OutboxRelay:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
                             await task
+                # Only the holder measures the outbox: a former one's last figures would stay on
+                # its `/metrics` (and an alarm on them) for as long as it runs.
+                OUTBOX_ROWS.set(0)
+                OUTBOX_AGE.set(0.0)
 
     async def _listen(self, listener: Conn) -> None:
         async for _ in listener.notifies():

@@ -15,8 +15,10 @@ Where the secret is read:
   else botocore's default chain (the ECS task role in production).
 
 `open_secret_source` gives the same secret as a `SecretSource` for code that re-reads it while
-running (the JWT keyring in `libs.runtime.keyring`); its `SecretCache` calls Secrets Manager at
-most once per `WEELO_SECRETS_REFRESH_SECONDS` (default 300).
+running (the JWT keyring in `libs.runtime.keyring`): any version by its staging label, with its
+id and creation date. Its cache (aws-secretsmanager-caching's per-secret item) asks Secrets
+Manager which version carries which label (`DescribeSecret`) at most once per
+`WEELO_SECRETS_REFRESH_SECONDS` (default 300), and fetches each version (`GetSecretValue`) once.
 
 No secret value is ever logged or put in an error message: only the secret id, the region, key
 names and AWS error codes. botocore's DEBUG wire logs (which would print response bodies) are
@@ -39,7 +41,7 @@ ENDPOINT_VAR = "AWS_ENDPOINT_URL_SECRETS_MANAGER"
 REFRESH_VAR = "WEELO_SECRETS_REFRESH_SECONDS"
 SECRET_KEYS = ("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "JWT_REFRESH_SECRET", "FCM_SERVER_KEY")
 PREVIOUS_KEY_LISTS = ("JWT_PREVIOUS_SECRETS", "JWT_REFRESH_PREVIOUS_SECRETS")
-CURRENT, PREVIOUS = "AWSCURRENT", "AWSPREVIOUS"
+CURRENT, PENDING, PREVIOUS = "AWSCURRENT", "AWSPENDING", "AWSPREVIOUS"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_REFRESH_INTERVAL_S = 300
 _ARN_REGION = re.compile(r"^arn:aws[a-z-]*:secretsmanager:([a-z0-9-]+):")
@@ -59,22 +61,40 @@ class SecretsError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class SecretVersion:
+    """One version of the secret: its values, its id, and when Secrets Manager created it."""
+
+    values: dict[str, str]
+    version_id: str
+    created_at: float | None  # seconds since the epoch (Secrets Manager's clock)
+
+
+@dataclass(frozen=True)
 class SecretSource:
-    """One Secrets Manager secret, read through a `SecretCache`."""
+    """One Secrets Manager secret, read through a cache of its versions."""
 
     secret_id: str
     region: str
-    cache: Any  # aws_secretsmanager_caching.SecretCache (untyped)
+    cache: Any  # aws_secretsmanager_caching's SecretCacheItem for this secret (untyped)
 
     def read(self, stage: str = CURRENT) -> dict[str, str] | None:
         """The version labelled `stage` as a dict, or None when no version carries that label."""
+        version = self.read_version(stage)
+        return None if version is None else version.values
+
+    def read_version(self, stage: str = CURRENT) -> SecretVersion | None:
+        """The version labelled `stage`, or None when no version carries that label."""
         try:
-            raw = self.cache.get_secret_string(self.secret_id, stage)
+            found = self.cache.get_secret_value(stage)
         except Exception as e:  # botocore raises many unrelated types; all are translated
             raise _translate(e, self.secret_id, self.region) from e
-        if raw is None:
+        if not found or found.get("SecretString") is None:
             return None
-        return parse_secret(self.secret_id, str(raw))
+        return SecretVersion(
+            values=parse_secret(self.secret_id, str(found["SecretString"])),
+            version_id=str(found.get("VersionId", "")),
+            created_at=_epoch_seconds(found.get("CreatedDate")),
+        )
 
 
 def bootstrap_secrets(environ: MutableMapping[str, str]) -> list[str]:
@@ -99,19 +119,24 @@ def open_secret_source(
     secret_id = environ.get(SECRETS_ID_VAR, "").strip()
     if not secret_id:
         return None
-    from aws_secretsmanager_caching import SecretCache, SecretCacheConfig
+    from aws_secretsmanager_caching import SecretCacheConfig
+
+    # The item `SecretCache` keeps per secret: the keyring needs the whole GetSecretValue answer
+    # (a version's CreatedDate), which `SecretCache` reduces to the string. The package calls
+    # its `cache` module internal: its version is locked in uv.lock, and tests/deploy read
+    # through this item against moto's server.
+    from aws_secretsmanager_caching.cache.items import SecretCacheItem
 
     region = secrets_region(secret_id, environ)
-    interval = refresh_interval_s or _refresh_interval(environ)
+    interval = refresh_interval_s or refresh_interval(environ)
     config = SecretCacheConfig(
         secret_refresh_interval=interval,
         exception_retry_delay_base=1,
         exception_retry_growth_factor=2,
         exception_retry_delay_max=min(interval, 60),
     )
-    return SecretSource(
-        secret_id, region, SecretCache(config=config, client=_client(environ, region))
-    )
+    client = _client(environ, region)
+    return SecretSource(secret_id, region, SecretCacheItem(config, client, secret_id))
 
 
 def secrets_region(secret_id: str, environ: Mapping[str, str]) -> str:
@@ -145,7 +170,8 @@ def parse_secret(secret_id: str, raw: str) -> dict[str, str]:
     return {k: v for k, v in values.items() if isinstance(v, str)}
 
 
-def _refresh_interval(environ: Mapping[str, str]) -> int:
+def refresh_interval(environ: Mapping[str, str]) -> int:
+    """`WEELO_SECRETS_REFRESH_SECONDS`: whole seconds, at least 1 (default 300)."""
     raw = environ.get(REFRESH_VAR, "")
     if not raw:
         return DEFAULT_REFRESH_INTERVAL_S
@@ -176,6 +202,15 @@ def _client(environ: Mapping[str, str], region: str) -> Any:
         aws_session_token=environ.get("AWS_SESSION_TOKEN") if explicit else None,
         config=config,
     )
+
+
+def _epoch_seconds(value: object) -> float | None:
+    """A GetSecretValue `CreatedDate` (botocore gives a datetime) as seconds since the epoch."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def _quiet_wire_logs() -> None:

@@ -30,7 +30,7 @@ from libs.events.relay import OutboxRelay
 from libs.events.streams import dead_letter_stream
 from libs.events.trim import grouped_streams, trim_forever
 from libs.runtime.draining import DrainingServer
-from libs.runtime.health import health_app
+from libs.runtime.health import PROBE_CONNECTIONS, health_app
 from libs.runtime.housekeeping import prune_forever
 from libs.runtime.http_head import head_limits
 from libs.runtime.pool_metrics import watch_pool
@@ -44,7 +44,8 @@ log = structlog.get_logger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 20.0
 # The outbox relay every service runs (relay.py) opens connections of its own, outside the pool:
-# one that listens for new outbox rows, one that publishes them, one more while it vacuums.
+# one that listens for new outbox rows, one that publishes them, one more while it vacuums. The
+# `/health` probe's checks hold one more (`health.PROBE_CONNECTIONS`): all count in DB_POOL_SIZE.
 RELAY_CONNECTIONS = 3
 
 
@@ -80,7 +81,7 @@ class ServiceSpec:
 
     def pool_size(self, settings: Settings) -> int:
         """The pool's share of `DB_POOL_SIZE`; `SettingsError` when nothing is left for it."""
-        dedicated = RELAY_CONNECTIONS + self.dedicated_connections
+        dedicated = RELAY_CONNECTIONS + PROBE_CONNECTIONS + self.dedicated_connections
         return pool_max_size(settings.db_pool_size, dedicated, self.name)
 
 

@@ -17,6 +17,7 @@ from libs.events.client import CommandClient
 from libs.events.outcomes import abandoner
 from libs.runtime.health import health_routes
 from libs.runtime.service import Resources
+from services.gateway.access_log import AccessLog
 from services.gateway.auth import KeySource, SettingsKeys
 from services.gateway.auth_failures import AuthFailureLimit
 from services.gateway.config import GatewayConfig, config_from_environ
@@ -63,6 +64,7 @@ def create_app(
         ],
         middleware=[
             Middleware(RequestContext),
+            Middleware(AccessLog),  # inside the request id, outside the 401-to-429 swap
             Middleware(AuthFailureLimit, limiter=auth_failure_limiter(resources, config)),
         ],
         exception_handlers=EXCEPTION_HANDLERS.as_mapping(),

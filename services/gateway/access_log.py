@@ -1,0 +1,115 @@
+"""One INFO line per request, `access`: method, route template, status, duration, principal and
+request id (docs/operations.md, "Logs"). uvicorn's own access log stays off (`service.py`).
+
+- `route` is the route's template (`/v1/broadcasts/{broadcast_id}`), `unmatched` for a path no
+  route names: never the raw path, whose ids and query string (`?token=`) stay out of the log.
+- `principal` is `{"role", "sub"}` of the token the request authenticated with (an access token,
+  or a refresh token at `/v1/auth/refresh`), taken from `tokens.verify` as the route checked it
+  (`tokens.recording_principals`); null when none was valid. Never the token.
+- `request_id` is the request's correlation id: the caller's `X-Request-ID` when sane, else a new
+  one (`middleware.request_id`); the same value as the line's `correlation_id`.
+- A WebSocket handshake is one line when it is answered: 101 when the socket is accepted, the
+  refusal's status otherwise; `duration_ms` is the handshake's time, not the socket's life.
+- Probes and scrapes (`/livez`, `/health`, `/metrics`) are logged only when they fail (status
+  400 or more): the load balancer and ECS ask every few seconds, their successes say nothing
+  the target's health does not, and a failing `/health` line tells why a task left the pool.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from libs.runtime.tokens import Principal, recording_principals
+from services.gateway.middleware import request_id, route_template
+
+log = structlog.get_logger(__name__)
+
+QUIET_WHEN_OK = frozenset({"/livez", "/health", "/metrics"})
+# What answers a WebSocket handshake, and the status it gives (a close before the accept is a
+# 403 from uvicorn; a denial response names its own status).
+_HANDSHAKE_ANSWERS = {"websocket.accept": 101, "websocket.close": 403}
+
+
+def log_access(
+    scope: Scope, status: int, started: float, principals: list[Principal], rid: str
+) -> None:
+    """Write the request's `access` line (unless it is a probe that succeeded)."""
+    route = route_template(scope)
+    if route in QUIET_WHEN_OK and status < 400:
+        return
+    principal = principals[-1] if principals else None
+    log.info(
+        "access",
+        method=scope.get("method", "GET"),  # a WebSocket handshake is a GET
+        route=route,
+        status=status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        principal={"role": principal.role, "sub": principal.sub} if principal else None,
+        request_id=rid,
+    )
+
+
+class AccessLog:
+    """ASGI middleware: the `access` line of each HTTP request and WebSocket handshake. Inside
+    `RequestContext`, which gives an HTTP request its id, and outside `AuthFailureLimit`, so
+    the line shows the status the client got."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._request(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self._handshake(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rid = str(scope.get("state", {}).get("correlation_id") or request_id(scope))
+        started, status = time.perf_counter(), 500
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        with recording_principals() as principals:
+            try:
+                await self.app(scope, receive, send_noting_status)
+            finally:
+                log_access(scope, status, started, principals, rid)
+
+    async def _handshake(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rid = request_id(scope)
+        scope.setdefault("state", {})["correlation_id"] = rid
+        started, answered = time.perf_counter(), False
+
+        async def send_noting_answer(message: Message) -> None:
+            nonlocal answered
+            status = _handshake_status(message)
+            if status is not None and not answered:
+                answered = True
+                log_access(scope, status, started, principals, rid)
+            await send(message)
+
+        with (
+            structlog.contextvars.bound_contextvars(correlation_id=rid),
+            recording_principals() as principals,
+        ):
+            try:
+                await self.app(scope, receive, send_noting_answer)
+            finally:
+                if not answered:  # uvicorn answers 500 to a handshake the app left unanswered
+                    log_access(scope, 500, started, principals, rid)
+
+
+def _handshake_status(message: Message) -> int | None:
+    """The status a message gives the handshake, or None when it does not answer it."""
+    if message["type"] == "websocket.http.response.start":
+        return int(message["status"])
+    return _HANDSHAKE_ANSWERS.get(message["type"])
