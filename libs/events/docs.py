@@ -12,6 +12,8 @@ _HEADER = """# Events
 Generated from `libs/events/catalogue.py` by `make docs` (`weelo docs events`); a test fails
 when this file and the catalogue differ. Do not edit by hand.
 
+What a client receives on its WebSocket is in [websocket.md](websocket.md) (`GET /asyncapi.json`).
+
 ## Streams
 
 Every key below starts with the deployment's `REDIS_KEY_PREFIX` (default `weelo:`).

@@ -42,8 +42,8 @@ F = TypeVar("F", bound=msgspec.Struct)
 
 
 class Message(msgspec.Struct, Generic[F], frozen=True, gc=False):
-    """One frame (a struct: the fan-out's `Frame`) for one user (`user_key`). A claim makes one
-    per notified transporter, so it is a struct the cycle collector does not track."""
+    """One frame (a struct: `libs.readmodel.frames.Frame`) for one user (`user_key`). A claim
+    makes one per notified transporter, so it is a struct the cycle collector does not track."""
 
     user: str
     frame: F

@@ -26,9 +26,9 @@ from libs.events.catalogue import (
 from libs.events.clock import iso_ms
 from libs.events.handlers import Handlers
 from libs.inbox.inbox import Message
+from libs.readmodel import frames as f
 from libs.readmodel.states import OPEN
 from libs.readmodel.views import AssignmentView
-from services.fanout import frames as f
 from services.fanout.state import BroadcastState
 
 
@@ -43,13 +43,13 @@ class Change:
     def at(self) -> str:
         return iso_ms(self.envelope.recorded_at)
 
-    def to(self, user: str, kind: str, data: f.Payload) -> Message[f.Frame]:
+    def to(self, user: str, kind: f.FrameKind, data: f.Payload) -> Message[f.Frame]:
         return Message(user, f.Frame(kind, self.at, data))
 
-    def to_customer(self, kind: str, data: f.Payload) -> Message[f.Frame]:
+    def to_customer(self, kind: f.FrameKind, data: f.Payload) -> Message[f.Frame]:
         return self.to(f"customer:{self.after.customer_id}", kind, data)
 
-    def to_transporters(self, kind: str, data: f.Payload) -> list[Message[f.Frame]]:
+    def to_transporters(self, kind: f.FrameKind, data: f.Payload) -> list[Message[f.Frame]]:
         """One frame, shared by every notified transporter's message (encoded once)."""
         frame = f.Frame(kind, self.at, data)
         return [Message(f"transporter:{t}", frame) for t in self.after.notified]

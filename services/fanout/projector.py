@@ -38,11 +38,11 @@ from libs.events.store import envelope_from_row
 from libs.events.streams import dead_letter_stream, events_stream
 from libs.inbox.inbox import Inbox, Message
 from libs.readmodel import reads
+from libs.readmodel.frames import Frame
 from libs.readmodel.views import AssignmentView, assignment_view
 from libs.runtime.service import Resources
 from services.fanout import messages
 from services.fanout.fold import apply, fold
-from services.fanout.frames import Frame
 from services.fanout.projected import Projected
 from services.fanout.state import BroadcastState, FoldError
 

@@ -18,6 +18,7 @@ from libs.events.outcomes import abandoner
 from libs.runtime.health import health_routes
 from libs.runtime.service import Resources
 from services.gateway.access_log import AccessLog
+from services.gateway.asyncapi import asyncapi_route
 from services.gateway.auth import KeySource, SettingsKeys
 from services.gateway.auth_failures import AuthFailureLimit
 from services.gateway.config import GatewayConfig, config_from_environ
@@ -61,6 +62,7 @@ def create_app(
             *health_routes(resources.pool, resources.redis),
             *api_routes(deps),
             socket_route(deps, realtime),
+            asyncapi_route(),  # GET /asyncapi.json: the WebSocket reference
         ],
         middleware=[
             Middleware(RequestContext),

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
 from libs.inbox.inbox import Inbox, Message, parse_id
-from services.fanout.frames import Frame, StateChanged
+from libs.readmodel.frames import Frame, StateChanged
 from services.gateway.realtime.connection import LAGGING_CLOSE, Connection
 from tests.events.helpers import eventually
 

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from libs.events.lease import LeaseLost, fence
 from libs.inbox.inbox import Inbox, Message
-from services.fanout.frames import BroadcastRemoved, Frame
+from libs.readmodel.frames import BroadcastRemoved, Frame
 from tests.realtime.actions import DROP, PICKUP, vehicle, vehicle_type
 from tests.realtime.conftest import System, new_id, ok
 from tests.realtime.sockets import Socket
