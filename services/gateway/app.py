@@ -22,6 +22,7 @@ from services.gateway.asyncapi import asyncapi_route
 from services.gateway.auth import KeySource, SettingsKeys
 from services.gateway.auth_failures import AuthFailureLimit
 from services.gateway.config import GatewayConfig, config_from_environ
+from services.gateway.docs_page import docs_routes
 from services.gateway.errors import EXCEPTION_HANDLERS
 from services.gateway.http import CommandSender, Deps
 from services.gateway.middleware import RequestContext
@@ -62,6 +63,7 @@ def create_app(
             *health_routes(resources.pool, resources.redis),
             *api_routes(deps),
             socket_route(deps, realtime),
+            *docs_routes(),  # GET /openapi.json and /docs (Swagger UI, no CDN)
             asyncapi_route(),  # GET /asyncapi.json: the WebSocket reference
         ],
         middleware=[
