@@ -120,6 +120,14 @@ class Inbox:
         self._config = config or InboxConfig()
         self._calls = asyncio.Semaphore(self._config.concurrency)
 
+    async def warm(self) -> None:
+        """Get ready to deliver at full rate before the first event: Redis knows the delivery
+        script, and the client holds a connection for each call that may be in flight at once.
+        Otherwise the first burst opens them one by one while events wait (a fan-out that just
+        took the projector's lease saw p99 15-22 ms in its first second, 2-4 ms after)."""
+        await self._redis.script_load(_DELIVER)
+        await asyncio.gather(*(self._redis.ping() for _ in range(self._config.concurrency)))
+
     def stream(self, user: str) -> str:
         return f"{self._prefix}inbox:{{{user}}}"
 

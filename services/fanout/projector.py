@@ -232,6 +232,8 @@ async def project_while_leading(
     async def project(held: Held) -> None:
         projector.lead(held.token)
         await fence(resources.redis, inbox.fence, held.token)  # before the first delivery
+        await inbox.warm()
+        await records.wait()  # the delivery records' connection is open before events come
         runners = [
             StreamRunner(
                 resources.redis,

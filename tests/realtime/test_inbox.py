@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any, cast
 
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
-from libs.inbox.inbox import Inbox, Message, parse_id
+from libs.inbox.inbox import Inbox, InboxConfig, Message, parse_id
 from libs.readmodel.frames import Frame, StateChanged
+from libs.runtime.service import redis_pool
 from services.gateway.realtime.connection import LAGGING_CLOSE, Connection
 from tests.events.helpers import eventually
 
@@ -158,3 +160,26 @@ async def test_after_a_resync_the_live_feed_coming_back_sends_nothing_old(
     await conn.catch_up_soon(inbox, conn.last_id, check_gap=conn.last_id != (0, 0))  # the hub's
     await conn.drained()
     assert recorder.texts == ['{"type":"resync_required"}']
+
+
+async def test_a_warmed_inbox_holds_a_connection_per_call_in_flight(
+    redis_url: str, prefix: str
+) -> None:
+    """`Inbox.warm` (the projector runs it when it takes the lease) opens as many Redis
+    connections as calls may be in flight at once, so the first burst of events does not wait
+    while they are opened one by one; a client nobody warmed holds none."""
+    pool = redis_pool(redis_url)
+    name = f"warm-{uuid.uuid4().hex[:8]}"
+    pool.connection_kwargs["client_name"] = name  # to count its connections in CLIENT LIST
+    client, observer = Redis(connection_pool=pool), Redis.from_url(redis_url)
+
+    async def held() -> int:
+        return sum(c.get("name") == name for c in await observer.client_list())
+
+    try:
+        assert await held() == 0
+        await Inbox(client, prefix).warm()
+        assert await held() >= InboxConfig().concurrency
+    finally:
+        await client.aclose()
+        await observer.aclose()
