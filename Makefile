@@ -4,17 +4,40 @@ VENV := .venv
 TOOLS := .tools
 UV ?= $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 
-.PHONY: run test test-fast lint bench chaos docs venv clean
+.PHONY: run demo test test-fast lint bench chaos docs venv venv-run clean
 
-$(VENV)/.synced: pyproject.toml uv.lock
-	@command -v $(UV) >/dev/null 2>&1 || (python3 -m venv $(TOOLS) && $(TOOLS)/bin/pip install -q uv)
-	$(UV) sync --frozen --compile-bytecode --python python3
+# Two installs into one .venv: what running needs (`make run`: the runtime dependencies and the
+# `local` group, the embedded PostgreSQL and Redis: about 40 packages) and everything (`make test`,
+# `make lint`: the dev group too, the CI toolchain). A full install also satisfies `make run`.
+SYNC = UV_PROJECT_ENVIRONMENT=$(abspath $(VENV)) $(UV) sync --frozen --compile-bytecode --python python3
+
+$(TOOLS)/.uv:
+	@command -v $(UV) >/dev/null 2>&1 || { echo "make: uv is not on PATH: installing it into $(TOOLS)/"; \
+		python3 -m venv $(TOOLS) && $(TOOLS)/bin/pip install -q uv; }
+	@mkdir -p $(TOOLS) && touch $@
+
+$(VENV)/.synced-run: pyproject.toml uv.lock | $(TOOLS)/.uv
+	@echo "make: installing what running needs into $(VENV): the runtime and the embedded PostgreSQL and Redis (no dev tools)"
+	$(SYNC) --no-default-groups --group local --inexact
 	@touch $@
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(TOOLS)/.uv
+	@echo "make: installing the runtime and the development and CI tools into $(VENV)"
+	$(SYNC)
+	@touch $@ $(VENV)/.synced-run
 
 venv: $(VENV)/.synced
 
-run: venv
+venv-run: $(VENV)/.synced-run
+
+run: venv-run
+	@echo "make: starting weelo (Ctrl-C stops it); it prints \"weelo is up\" once every service answers"
 	$(VENV)/bin/weelo up
+
+# A demo fleet around Bengaluru and a signed-in link per screen (README "Try it"); starts
+# `weelo up` in the background first when nothing answers on GATEWAY_PORT.
+demo: venv-run  # only the standard library and the runtime: no dev tools
+	$(VENV)/bin/weelo demo --start
 
 test: venv lint
 	$(VENV)/bin/pytest -n 4 --dist loadscope --no-loadscope-reorder
@@ -40,6 +63,7 @@ chaos: venv
 
 docs: venv
 	$(VENV)/bin/weelo docs events > docs/events.md
+	$(VENV)/bin/python -m services.gateway.asyncapi --markdown > docs/websocket.md
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

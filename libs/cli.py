@@ -1,4 +1,4 @@
-"""The `weelo` command: up, run, migrate, token, ops (CONTRACT.md section 1)."""
+"""The `weelo` command: up, run, migrate, token, ops, demo (CONTRACT.md section 1)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from libs.runtime.settings import SettingsError
+from libs.runtime.settings import PortInUse, SettingsError
 
 SERVICES = ("gateway", "broadcast", "acceptance", "timer", "presence", "fanout")
 
@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--refresh", action="store_true", help="sign a refresh token instead")
     docs = commands.add_parser("docs", help="print generated documentation")
     docs.add_argument("page", choices=("events",))
+    demo = commands.add_parser("demo", help="register a demo fleet, print signed-in screen links")
+    demo.add_argument("--url", help="the gateway (default: GATEWAY_HOST and GATEWAY_PORT)")
+    demo.add_argument("--ttl", type=_positive, default=1800, help="link lifetime in seconds")
+    demo.add_argument("--start", action="store_true", help="start `weelo up` if nothing answers")
     _add_ops(commands)
     return parser
 
@@ -57,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
+    except PortInUse as e:
+        print(f"weelo: {e}", file=sys.stderr)
+        return 2
     except SettingsError as e:
         print(f"weelo: configuration error: {e}", file=sys.stderr)
         return 2
@@ -77,15 +84,23 @@ def _dispatch(args: argparse.Namespace) -> int:
     except SecretsError as e:
         print(f"weelo: {e}", file=sys.stderr)
         return 3
-    handler = {"up": _up, "run": _run, "migrate": _migrate, "token": _token, "ops": _ops}[
-        args.command
-    ]
+    handler = {
+        "up": _up,
+        "run": _run,
+        "migrate": _migrate,
+        "token": _token,
+        "ops": _ops,
+        "demo": _demo,
+    }[args.command]
     return handler(args)
 
 
 def _up(args: argparse.Namespace) -> int:
     from libs.local.supervisor import run_system
+    from libs.runtime.logging import configure_logging, instance_id
 
+    # Its own lines (migrations) like the services': readable on a terminal, else JSON.
+    configure_logging("up", instance_id("up"), os.environ.get("LOG_LEVEL", "INFO"))
     return run_system(os.environ, gateways=args.gateways)
 
 
@@ -123,6 +138,13 @@ def _token(args: argparse.Namespace) -> int:
     secret = os.environ.get(name) or local_secret(state_dir(os.environ), name.lower())
     print(issue(secret, role=args.role, sub=args.sub, ttl_s=args.ttl))
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from libs.local.demo import default_url, run_demo
+
+    url = (args.url or default_url(os.environ)).rstrip("/")
+    return run_demo(os.environ, url=url, ttl_s=args.ttl, start=args.start)
 
 
 def _ops(args: argparse.Namespace) -> int:

@@ -1,11 +1,13 @@
-"""`weelo up` as a real process (healthy services, clean stops, crashes, kills) and the embedded
-servers it starts when no DATABASE_URL / REDIS_URL is given."""
+"""`weelo up` as a real process (healthy services, clean stops, crashes, kills, its output on a
+terminal) and the embedded servers it starts when no DATABASE_URL / REDIS_URL is given."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -273,3 +275,41 @@ def test_embedded_server_refuses_a_data_dir_already_in_use(tmp_path: Path) -> No
     first, second = embedded_redis(tmp_path / "redis"), embedded_redis(tmp_path / "redis")
     with first, pytest.raises(EmbeddedServerError, match="in use"), second:
         pass
+
+
+def test_up_in_a_terminal_logs_readably_and_frames_the_ready_line(
+    service_env: dict[str, str],
+) -> None:
+    """`weelo up` on a terminal: its services' lines are readable text (none is JSON) and the
+    ready line stands between two rules, bold, after the services' start-up lines."""
+    base = free_base_port()
+    env = {**service_env, "GATEWAY_PORT": str(base), "TERM": "xterm"}
+    leader, follower = pty.openpty()
+    up = subprocess.Popen(
+        weelo_command("up"),
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    output = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"Ctrl-C stops everything" not in output and time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1)
+            if ready:
+                output += os.read(leader, 65536)
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+        os.close(leader)
+    text = output.decode(errors="replace")
+    assert "weelo is up" in text, text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert not any(line.lstrip().startswith("{") for line in lines), text
+    assert "service_started" in text
+    rule = "=" * 72
+    block = text[text.index("weelo is up") - 200 :]
+    assert f"{rule}\r\n\x1b[1;32mweelo is up" in block, repr(block)

@@ -1,9 +1,10 @@
-"""Small local helpers shared by `weelo up`, the tests and the benchmarks: a free port, a health
-probe, and a throwaway migrated database."""
+"""Small local helpers shared by `weelo up`, the tests and the benchmarks: a free port, whether a
+port is free, a health probe, and a throwaway migrated database."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import urllib.error
 import urllib.request
@@ -21,6 +22,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether `host`:`port` is free of other listeners now (bound as `service.bind_socket`
+    does: SO_REUSEADDR, so only a live listener or connection makes it taken). Any other failure
+    to bind (an address not of this machine) is the service's to report."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e.errno != errno.EADDRINUSE
+    return True
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:

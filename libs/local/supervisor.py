@@ -1,7 +1,9 @@
 """`weelo up`: run the whole system in the foreground as one child process per service.
 
-Starts embedded PostgreSQL and Redis when `DATABASE_URL` / `REDIS_URL` are unset, migrates, runs
-every service with explicit ports, says so once every `/health` answers 200, and on SIGINT,
+Refuses at once, in one line naming them, when any of its ports is taken (so that an answer on
+one is never another program's). Starts embedded PostgreSQL and Redis when `DATABASE_URL` /
+`REDIS_URL` are unset, migrates, runs every service with explicit ports, says so (a framed block)
+once every `/health` answers 200 from a child still running, and on SIGINT,
 SIGTERM or SIGHUP stops the services (SIGTERM, then SIGKILL after 30 s), then the servers.
 Children run in their own sessions, so a Ctrl-C reaches only this process, which stops them in
 order; on Linux they also get SIGTERM if this process dies without doing so.
@@ -25,7 +27,7 @@ from libs.local.embedded import (
     embedded_postgres,
     embedded_redis,
 )
-from libs.local.probes import healthy
+from libs.local.probes import healthy, port_free
 from libs.runtime.settings import SettingsError, local_secret, state_dir
 
 HEALTH_OFFSETS = {
@@ -59,9 +61,14 @@ class Child:
 
 
 def run_system(environ: Mapping[str, str], gateways: int) -> int:
-    """Run every service until a stop signal (0) or an unexpected child exit (1)."""
+    """Run every service until a stop signal (0) or an unexpected child exit (1); 2 at once when
+    one of its ports is taken."""
     env = {**environ, "WEELO_STATE_DIR": str(state_dir(environ).resolve())}
     planned = plan(env, gateways)
+    taken = [p for p in planned if not port_free(_bind_host(env), p.port)]
+    if taken:
+        _say(ports_in_use(taken, _bind_host(env)))
+        return 2
     with _restoring_signals(), contextlib.ExitStack() as stack:
         _interrupt_on_stop_signals()
         try:
@@ -87,6 +94,20 @@ def plan(env: Mapping[str, str], gateways: int) -> list[Planned]:
     names = [f"gateway-{i + 1}" if gateways > 1 else "gateway" for i in range(gateways)]
     planned = [Planned(name, "gateway", base + i) for i, name in enumerate(names)]
     return planned + [Planned(s, s, base + offset) for s, offset in HEALTH_OFFSETS.items()]
+
+
+def ports_in_use(taken: list[Planned], host: str) -> str:
+    """One line naming the taken ports, whose they would have been, and the variable to set."""
+    named = ", ".join(f"{p.port} ({p.name})" for p in taken)
+    verb = f"port {named} is" if len(taken) == 1 else f"ports {named} are"
+    return (
+        f"{verb} in use on {host} by another program, perhaps another weelo up: stop it, or set "
+        "GATEWAY_PORT to another base port (the other services listen on GATEWAY_PORT+101..105)"
+    )
+
+
+def _bind_host(env: Mapping[str, str]) -> str:
+    return env.get("GATEWAY_HOST") or "127.0.0.1"
 
 
 @contextlib.contextmanager
@@ -228,18 +249,24 @@ async def _stop_all(children: list[Child]) -> bool:
 async def _announce(children: list[Child], env: Mapping[str, str], notes: list[str]) -> None:
     """Print the banner once every service's /health answers 200 (or say which are slow)."""
     host = _probe_host(env)
+    running = {c.planned.name: c.process for c in children}
     pending = {c.planned.name: f"http://{host}:{c.planned.port}/health" for c in children}
     slow_at = time.monotonic() + SLOW_START_S
     while True:
         answers = await asyncio.gather(*(asyncio.to_thread(healthy, u) for u in pending.values()))
-        pending = {n: u for (n, u), ok in zip(pending.items(), answers, strict=True) if not ok}
+        # An answer counts only while our own child runs: its port was free when it started.
+        pending = {
+            n: u
+            for (n, u), ok in zip(pending.items(), answers, strict=True)
+            if not (ok and running[n].returncode is None)
+        }
         if not pending:
             break
         if time.monotonic() > slow_at:
             _say(f"still waiting for /health of {', '.join(pending)}")
             slow_at = float("inf")
         await asyncio.sleep(HEALTH_POLL_S)
-    print(_banner(children, host, notes), file=sys.stderr, flush=True)
+    print(framed(_banner(children, host, notes), sys.stderr.isatty()), file=sys.stderr, flush=True)
 
 
 def _banner(children: list[Child], host: str, notes: list[str]) -> str:
@@ -251,6 +278,15 @@ def _banner(children: list[Child], host: str, notes: list[str]) -> str:
         f"weelo is up: gateway {urls}\n  health (GET /health): {health}\n"
         f"  {'; '.join(notes)}\n  Ctrl-C stops everything."
     )
+
+
+def framed(text: str, terminal: bool) -> str:
+    """`text` between two rules and blank lines, bold green on a terminal: the one block a person
+    looks for among the services' log lines."""
+    rule = "=" * 72
+    if terminal:
+        text = f"\033[1;32m{text}\033[0m"
+    return f"\n{rule}\n{text}\n{rule}\n"
 
 
 def _probe_host(env: Mapping[str, str]) -> str:

@@ -52,7 +52,7 @@ from libs.runtime.secrets import (
     open_secret_source,
     refresh_interval,
 )
-from libs.runtime.settings import Settings
+from libs.runtime.settings import Settings, SettingsError
 
 __all__ = ["JwtKeyring", "JwtKeys", "keys_from_secret", "open_keyring", "static_keys"]
 
@@ -146,7 +146,13 @@ def open_keyring(
     def load() -> JwtKeys:
         return keys_from_secret(source, fallback, window_s)
 
-    return JwtKeyring(load(), load, check_interval_s=check_s, clock=clock)
+    first = load()
+    if not (first.access.accepted and first.refresh.accepted):
+        raise SettingsError(
+            f"no JWT_SECRET or JWT_REFRESH_SECRET: the secret {source.secret_id!r} holds none "
+            "and neither does the environment"
+        )
+    return JwtKeyring(first, load, check_interval_s=check_s, clock=clock)
 
 
 def static_keys(settings: Settings, environ: Mapping[str, str]) -> JwtKeys:
@@ -164,6 +170,15 @@ def keys_from_secret(source: SecretSource, fallback: JwtKeys, promote_after_s: f
         raise SecretsError(f"secret {source.secret_id!r} has no {CURRENT} string value")
     versions = (current, source.read_version(PENDING), source.read_version(PREVIOUS))
     return JwtKeys(
-        access=token_keys(versions, ACCESS_NAMES, fallback.access.accepted[0], promote_after_s),
-        refresh=token_keys(versions, REFRESH_NAMES, fallback.refresh.accepted[0], promote_after_s),
+        access=token_keys(
+            versions, ACCESS_NAMES, _first(fallback.access.accepted), promote_after_s
+        ),
+        refresh=token_keys(
+            versions, REFRESH_NAMES, _first(fallback.refresh.accepted), promote_after_s
+        ),
     )
+
+
+def _first(keys: tuple[str, ...]) -> str:
+    """The environment's key of one kind, "" when it has none (then the secret must)."""
+    return keys[0] if keys else ""

@@ -36,7 +36,7 @@ from libs.runtime.http_head import head_limits
 from libs.runtime.pool_metrics import watch_pool
 from libs.runtime.postgres import POOL_MIN_SIZE, application_name, conninfo, pool_max_size
 from libs.runtime.resp import packing_in_c
-from libs.runtime.settings import Settings
+from libs.runtime.settings import PortInUse, Settings
 from libs.runtime.silent import end_silent_forever
 from libs.runtime.ws_handshake import FinishedRefusals
 
@@ -129,8 +129,11 @@ def redis_pool(url: str) -> BlockingConnectionPool:
     return pool
 
 
-def bind_socket(host: str, port: int, explicit: bool) -> socket.socket:
-    """Bind `port`; when it was only a default and is taken, bind a free one instead."""
+def bind_socket(
+    host: str, port: int, explicit: bool, variable: str = "HEALTH_PORT"
+) -> socket.socket:
+    """Bind `port`; when it was only a default and is taken, bind a free one instead. An explicit
+    port (`variable`) that is taken is `PortInUse`, which names both."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -138,6 +141,8 @@ def bind_socket(host: str, port: int, explicit: bool) -> socket.socket:
     except OSError as e:
         if explicit or e.errno != errno.EADDRINUSE:
             sock.close()
+            if e.errno == errno.EADDRINUSE:
+                raise PortInUse(port, variable, host) from None
             raise
         sock.bind((host, 0))
     sock.set_inheritable(True)
@@ -174,8 +179,9 @@ async def run_service(spec: ServiceSpec, settings: Settings, instance: str) -> i
     install_stop_signals(stop)
     async with open_resources(settings, spec.name, instance, pool_size) as resources:
         explicit = spec.port_setting(settings)
+        variable = "GATEWAY_PORT" if spec.name == "gateway" else "HEALTH_PORT"
         sock = bind_socket(
-            settings.gateway_host, explicit or spec.default_port, explicit is not None
+            settings.gateway_host, explicit or spec.default_port, explicit is not None, variable
         )
         server = _Server(
             uvicorn.Config(

@@ -20,6 +20,17 @@ class SettingsError(ValueError):
     """A configuration value is missing or malformed."""
 
 
+class PortInUse(SettingsError):
+    """A port this process must listen on is taken: the message names it and the variable to set."""
+
+    def __init__(self, port: int, variable: str, host: str = "127.0.0.1") -> None:
+        super().__init__(
+            f"port {port} ({host}) is in use by another program, perhaps another weelo: "
+            f"stop it, or set {variable} to a free port"
+        )
+        self.port, self.variable = port, variable
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str
     redis_url: str
@@ -55,8 +66,20 @@ _NUMBERS: dict[str, tuple[str, type[int] | type[float], float]] = {
 
 
 def state_dir(environ: Mapping[str, str]) -> Path:
-    """Where local state (embedded servers, generated keys) lives: `WEELO_STATE_DIR` or `.weelo`."""
-    return Path(environ.get("WEELO_STATE_DIR", ".weelo"))
+    """Where local state (embedded servers, generated keys) lives: `WEELO_STATE_DIR`, else
+    `.weelo` at the root of the checkout this code runs from, whatever the current folder (so
+    `weelo token` and `weelo up` find the same keys from anywhere), else `.weelo` (an installed
+    package, as in the image, has no checkout)."""
+    if environ.get("WEELO_STATE_DIR"):
+        return Path(environ["WEELO_STATE_DIR"])
+    root = checkout_root()
+    return root / ".weelo" if root is not None else Path(".weelo")
+
+
+def checkout_root(code: Path = Path(__file__)) -> Path | None:
+    """The checkout holding `code` (libs/runtime/settings.py): the folder with its pyproject."""
+    root = code.resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "libs").is_dir() else None
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -97,9 +120,15 @@ def _parse_numbers(env: Mapping[str, str]) -> dict[str, int | float]:
 
 
 def _jwt_keys(env: Mapping[str, str], directory: Path) -> dict[str, Any]:
+    """The JWT keys of the environment; a local run without them generates its own once. A
+    deployment that reads Secrets Manager (`WEELO_SECRETS_ID`) never does: there a missing key
+    stays empty (only the gateway needs one, and it refuses to start without it) instead of a
+    random key of this task's, which no other task would accept."""
     keys: dict[str, Any] = {}
+    deployed = bool(env.get("WEELO_SECRETS_ID", "").strip())
     for name in ("JWT_SECRET", "JWT_REFRESH_SECRET"):
-        keys[name.lower()] = env.get(name) or local_secret(directory, name.lower())
+        generated = "" if deployed else local_secret(directory, name.lower())
+        keys[name.lower()] = env.get(name) or generated
     previous = env.get("JWT_PREVIOUS_SECRETS", "")
     keys["jwt_previous_secrets"] = tuple(s for s in previous.split(",") if s)
     return keys

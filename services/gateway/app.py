@@ -30,6 +30,7 @@ from services.gateway.ratelimit import SharedLimiter
 from services.gateway.realtime.endpoint import realtime_for, socket_route
 from services.gateway.realtime.hub import Hub
 from services.gateway.routes import api_routes
+from services.gateway.screens import screen_routes
 from services.gateway.truck_requests import TruckRequestIndex
 
 log = structlog.get_logger(__name__)
@@ -65,6 +66,7 @@ def create_app(
             socket_route(deps, realtime),
             *docs_routes(),  # GET /openapi.json and /docs (Swagger UI, no CDN)
             asyncapi_route(),  # GET /asyncapi.json: the WebSocket reference
+            *screen_routes(),  # the live screens under /app/
         ],
         middleware=[
             Middleware(RequestContext),

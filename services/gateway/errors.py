@@ -46,11 +46,14 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def unauthorized() -> ApiError:
+def unauthorized(reason: str | None = None) -> ApiError:
+    """401 with the contract's code and message; `reason` (`services/gateway/auth.py`) says what
+    was wrong with the token, never what it was."""
     return ApiError(
         401,
         "unauthorized",
         "A valid bearer token is required",
+        extra={"reason": reason} if reason else None,
         headers={"WWW-Authenticate": "Bearer"},
     )
 

@@ -375,10 +375,12 @@ async def test_numeric_date_of_another_type_is_401(
     response = await api.get(
         "/v1/customers/me/broadcasts/active", headers={"Authorization": f"Bearer {access}"}
     )
-    assert set(error(response, 401, "unauthorized")) == {"code", "message"}
+    body = error(response, 401, "unauthorized")
+    assert set(body) == {"code", "message", "reason"} and body["reason"] == "invalid_claims"
     refresh = forged(gateway.refresh_secret, **claims)
     response = await api.post("/v1/auth/refresh", json={"refreshToken": refresh})
-    assert set(error(response, 401, "unauthorized")) == {"code", "message"}
+    body = error(response, 401, "unauthorized")
+    assert set(body) == {"code", "message", "reason"} and body["reason"] == "invalid_claims"
 
 
 async def test_numeric_dates_as_numbers_are_accepted(

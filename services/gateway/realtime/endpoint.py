@@ -29,7 +29,7 @@ from libs.inbox.inbox import Inbox, StreamId, parse_id, user_key
 from libs.runtime import tokens
 from libs.runtime.service import Resources
 from libs.runtime.tokens import InvalidToken, Principal
-from services.gateway.auth import KeySource
+from services.gateway.auth import KeySource, refused_token
 from services.gateway.errors import ApiError, error_response, unauthorized, unavailable
 from services.gateway.http import Deps, rate_limit
 from services.gateway.realtime.connection import Connection
@@ -69,11 +69,12 @@ def socket_principal(ws: WebSocket, keys: KeySource) -> Principal:
     if scheme.lower() != "bearer":
         token = ws.query_params.get("token", "")
     if not token.strip():
-        raise unauthorized()
+        raise unauthorized("missing")
+    secrets = keys.access_secrets()
     try:
-        return tokens.verify(token.strip(), keys.access_secrets())
+        return tokens.verify(token.strip(), secrets)
     except InvalidToken as e:
-        raise unauthorized() from e
+        raise refused_token(token.strip(), secrets) from e
 
 
 async def starting_point(ws: WebSocket, inbox: Inbox, user: str) -> tuple[StreamId, bool]:
