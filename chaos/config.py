@@ -49,8 +49,8 @@ class SoakConfig:
     copies: int = 2
     broadcast_timeout_s: float = 10.0
     presence_ttl_s: float = 6.0
-    gateway_pool_size: int = 6
-    service_pool_size: int = 5
+    gateway_pool_size: int = 7  # DB_POOL_SIZE: relay 3 + probe 1 + pool 3
+    service_pool_size: int = 6  # relay 3 + probe 1 + pool 1 (+ the fan-out's record 1)
     log_level: str = "INFO"
     population: Population = field(default_factory=Population)
 
