@@ -145,7 +145,9 @@ def _assigns(out: Verdicts, chains: Sequence[Chain], folded: Folded) -> None:
 
 
 def _double_taps(out: Verdicts, chains: Sequence[Chain], folded: Folded) -> None:
-    """An unkeyed identical search while the first is active answers that broadcast (200)."""
+    """An unkeyed identical search while the first is active answers that broadcast (200). It
+    is judged when the search took effect (its broadcast's creation), not when it was sent: one
+    held up in a frozen gateway past the first's end rightly creates a new one."""
     last_created: dict[str, Attempt] = {}
     for chain in chains:
         a = chain[0]
@@ -160,7 +162,9 @@ def _double_taps(out: Verdicts, chains: Sequence[Chain], folded: Folded) -> None
             if b
             else []
         )
-        if b is not None and (not ended or ended[0] > a.sent):
+        made = folded.broadcasts.get(str((a.response or {}).get("broadcastId")))
+        decided = made.created.at if made is not None else a.sent
+        if b is not None and (not ended or ended[0] > decided):
             out.add("double_tap_new_broadcast", f"{show(a)} after {show(first)}")
 
 
