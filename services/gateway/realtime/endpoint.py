@@ -29,6 +29,7 @@ from libs.inbox.inbox import Inbox, StreamId, parse_id, user_key
 from libs.runtime import tokens
 from libs.runtime.service import Resources
 from libs.runtime.tokens import InvalidToken, Principal
+from services.gateway.access_log import HandshakeLog
 from services.gateway.auth import KeySource, refused_token
 from services.gateway.errors import ApiError, error_response, unauthorized, unavailable
 from services.gateway.http import Deps, rate_limit
@@ -100,23 +101,28 @@ def socket_route(deps: Deps, realtime: Realtime) -> WebSocketRoute:
     hub, inbox = realtime.hub, realtime.inbox
 
     async def endpoint(ws: WebSocket) -> None:
-        try:
-            principal = socket_principal(ws, deps.keys)
-            await rate_limit(deps, f"{principal.role}:{principal.sub}")
-        except ApiError as e:
-            await deny(ws, e)
-            return
-        user = user_key(principal.role, principal.sub)
-        conn = Connection(ws, user, hub.config.max_pending)
-        try:
-            start, check_gap = await starting_point(ws, inbox, user)
-            await hub.attach(conn)
-        except (RedisError, OSError) as e:  # OSError covers a subscription timing out
-            log.warning("socket_refused_unavailable", error=repr(e))
-            await deny(ws, unavailable())
-            return
+        handshake, principal = HandshakeLog(ws.scope), None
+        with structlog.contextvars.bound_contextvars(correlation_id=handshake.request_id):
+            try:
+                principal = socket_principal(ws, deps.keys)
+                await rate_limit(deps, f"{principal.role}:{principal.sub}")
+            except ApiError as e:
+                handshake.answered(e.status, principal)
+                await deny(ws, e)
+                return
+            user = user_key(principal.role, principal.sub)
+            conn = Connection(ws, user, hub.config.max_pending)
+            try:
+                start, check_gap = await starting_point(ws, inbox, user)
+                await hub.attach(conn)
+            except (RedisError, OSError) as e:  # OSError covers a subscription timing out
+                log.warning("socket_refused_unavailable", error=repr(e))
+                handshake.answered(503, principal)
+                await deny(ws, unavailable())
+                return
         try:
             await ws.accept()
+            handshake.answered(101, principal)
             hub.opened(conn)
             conn.catch_up_soon(inbox, start, check_gap=check_gap)
             await _serve(ws, conn, hub, principal)
