@@ -33,9 +33,16 @@ QUIET_WHEN_OK = frozenset({"/livez", "/health", "/metrics"})
 
 
 def log_access(
-    scope: Scope, status: int, started: float, principals: list[Principal], rid: str
+    scope: Scope,
+    status: int,
+    started: float,
+    principals: list[Principal],
+    rid: str,
+    *,
+    correlation_id: str | None = None,
 ) -> None:
-    """Write the request's `access` line (unless it is a probe that succeeded)."""
+    """Write the request's `access` line (unless it is a probe that succeeded); `correlation_id`
+    where the logger's context does not hold it."""
     route = route_template(scope)
     if route in QUIET_WHEN_OK and status < 400:
         return
@@ -48,6 +55,7 @@ def log_access(
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
         principal={"role": principal.role, "sub": principal.sub} if principal else None,
         request_id=rid,
+        **({"correlation_id": correlation_id} if correlation_id else {}),
     )
 
 
@@ -96,5 +104,6 @@ class HandshakeLog:
         if not self._done:
             self._done = True
             principals = [principal] if principal is not None else []
-            with structlog.contextvars.bound_contextvars(correlation_id=self.request_id):
-                log_access(self._scope, status, self._started, principals, self.request_id)
+            # Not bound to the socket's context: whatever it holds lives as long as the socket.
+            rid = self.request_id
+            log_access(self._scope, status, self._started, principals, rid, correlation_id=rid)

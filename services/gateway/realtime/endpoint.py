@@ -102,24 +102,23 @@ def socket_route(deps: Deps, realtime: Realtime) -> WebSocketRoute:
 
     async def endpoint(ws: WebSocket) -> None:
         handshake, principal = HandshakeLog(ws.scope), None
-        with structlog.contextvars.bound_contextvars(correlation_id=handshake.request_id):
-            try:
-                principal = socket_principal(ws, deps.keys)
-                await rate_limit(deps, f"{principal.role}:{principal.sub}")
-            except ApiError as e:
-                handshake.answered(e.status, principal)
-                await deny(ws, e)
-                return
-            user = user_key(principal.role, principal.sub)
-            conn = Connection(ws, user, hub.config.max_pending)
-            try:
-                start, check_gap = await starting_point(ws, inbox, user)
-                await hub.attach(conn)
-            except (RedisError, OSError) as e:  # OSError covers a subscription timing out
-                log.warning("socket_refused_unavailable", error=repr(e))
-                handshake.answered(503, principal)
-                await deny(ws, unavailable())
-                return
+        try:
+            principal = socket_principal(ws, deps.keys)
+            await rate_limit(deps, f"{principal.role}:{principal.sub}")
+        except ApiError as e:
+            handshake.answered(e.status, principal)
+            await deny(ws, e)
+            return
+        user = user_key(principal.role, principal.sub)
+        conn = Connection(ws, user, hub.config.max_pending)
+        try:
+            start, check_gap = await starting_point(ws, inbox, user)
+            await hub.attach(conn)
+        except (RedisError, OSError) as e:  # OSError covers a subscription timing out
+            log.warning("socket_refused_unavailable", error=repr(e))
+            handshake.answered(503, principal)
+            await deny(ws, unavailable())
+            return
         try:
             await ws.accept()
             handshake.answered(101, principal)
