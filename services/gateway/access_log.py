@@ -7,11 +7,13 @@ request id (docs/operations.md, "Logs"). uvicorn's own access log stays off (`se
   or a refresh token at `/v1/auth/refresh`), taken from `tokens.verify` as the route checked it
   (`tokens.recording_principals`); null when none was valid. Never the token.
 - `request_id` is the request's correlation id: the caller's `X-Request-ID` when sane, else a new
-  one (`middleware.request_id`); the same value as the line's `correlation_id`.
-- A WebSocket handshake is one line when it is answered: 101 when the socket is accepted, the
-  refusal's status otherwise; `duration_ms` is the handshake's time, not the socket's life. The
-  socket's endpoint writes it (`handshake_logger`): a middleware wrapping the socket would live
-  as long as it does, which cost 2.8 KiB per idle socket (29.2 against 32.0 KiB measured).
+  one (`request_id`); the same value as the line's `correlation_id`.
+- An HTTP request's line is written by `middleware.RequestContext`, outside `AuthFailureLimit`,
+  so it shows the status the client got. A WebSocket handshake is one line when it is answered:
+  101 when the socket is accepted, the refusal's status otherwise; `duration_ms` is the
+  handshake's time, not the socket's life. The socket's endpoint writes it (`HandshakeLog`): a
+  middleware of its own wrapped every socket for its whole life, 2.8 KiB per idle socket (32.0
+  against 29.2 KiB measured), and even a pass-through layer keeps a frame per socket.
 - Probes and scrapes (`/livez`, `/health`, `/metrics`) are logged only when they fail (status
   400 or more): the load balancer and ECS ask every few seconds, their successes say nothing
   the target's health does not, and a failing `/health` line tells why a task left the pool.
@@ -19,15 +21,36 @@ request id (docs/operations.md, "Logs"). uvicorn's own access log stays off (`se
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 
 import structlog
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-from libs.runtime.tokens import Principal, recording_principals
-from services.gateway.middleware import request_id, route_template
+from libs.runtime.tokens import Principal
 
 log = structlog.get_logger(__name__)
+
+REQUEST_ID = "x-request-id"
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id(scope: Scope) -> str:
+    """The caller's `X-Request-ID` when it is a sane token, else a new one."""
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID.encode():
+            given = bytes(value).decode("latin-1")
+            if _VALID_ID.match(given):
+                return given
+    return uuid.uuid4().hex
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
 
 QUIET_WHEN_OK = frozenset({"/livez", "/health", "/metrics"})
 
@@ -57,37 +80,6 @@ def log_access(
         request_id=rid,
         **({"correlation_id": correlation_id} if correlation_id else {}),
     )
-
-
-class AccessLog:
-    """ASGI middleware: the `access` line of each HTTP request and WebSocket handshake. Inside
-    `RequestContext`, which gives an HTTP request its id, and outside `AuthFailureLimit`, so
-    the line shows the status the client got."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self._request(scope, receive, send)
-        else:  # a WebSocket's handshake line comes from its endpoint (`handshake_logger`)
-            await self.app(scope, receive, send)
-
-    async def _request(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rid = str(scope.get("state", {}).get("correlation_id") or request_id(scope))
-        started, status = time.perf_counter(), 500
-
-        async def send_noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        with recording_principals() as principals:
-            try:
-                await self.app(scope, receive, send_noting_status)
-            finally:
-                log_access(scope, status, started, principals, rid)
 
 
 class HandshakeLog:

@@ -17,7 +17,6 @@ from libs.events.client import CommandClient
 from libs.events.outcomes import abandoner
 from libs.runtime.health import health_routes
 from libs.runtime.service import Resources
-from services.gateway.access_log import AccessLog
 from services.gateway.asyncapi import asyncapi_route
 from services.gateway.auth import KeySource, SettingsKeys
 from services.gateway.auth_failures import AuthFailureLimit
@@ -70,7 +69,6 @@ def create_app(
         ],
         middleware=[
             Middleware(RequestContext),
-            Middleware(AccessLog),  # inside the request id, outside the 401-to-429 swap
             Middleware(AuthFailureLimit, limiter=auth_failure_limiter(resources, config)),
         ],
         exception_handlers=EXCEPTION_HANDLERS.as_mapping(),

@@ -1,18 +1,17 @@
-"""Around every HTTP request: its correlation id (logs, commands, `X-Request-ID` header) and its
-latency in the `weelo_gateway_request_seconds` histogram by route template and status."""
+"""Around every HTTP request: its correlation id (logs, commands, `X-Request-ID` header), its
+latency in the `weelo_gateway_request_seconds` histogram by route template and status, and its
+`access` line (`access_log.py`)."""
 
 from __future__ import annotations
 
-import re
 import time
-import uuid
 
 import structlog
 from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-REQUEST_ID = "x-request-id"
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+from libs.runtime.tokens import recording_principals
+from services.gateway.access_log import log_access, request_id, route_template
 
 REQUEST_SECONDS = Histogram(
     "weelo_gateway_request_seconds",
@@ -20,22 +19,6 @@ REQUEST_SECONDS = Histogram(
     ["route", "method", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-
-
-def request_id(scope: Scope) -> str:
-    """The caller's `X-Request-ID` when it is a sane token, else a new one."""
-    for name, value in scope["headers"]:
-        if name == REQUEST_ID.encode():
-            given = bytes(value).decode("latin-1")
-            if _VALID_ID.match(given):
-                return given
-    return uuid.uuid4().hex
-
-
-def route_template(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
 
 
 class RequestContext:
@@ -60,10 +43,14 @@ class RequestContext:
             await send(message)
 
         started = time.perf_counter()
-        try:
-            with structlog.contextvars.bound_contextvars(correlation_id=rid):
+        with (
+            structlog.contextvars.bound_contextvars(correlation_id=rid),
+            recording_principals() as principals,
+        ):
+            try:
                 await self.app(scope, receive, send_with_id)
-        finally:
-            elapsed = time.perf_counter() - started
-            labels = (route_template(scope), scope["method"], str(status))
-            REQUEST_SECONDS.labels(*labels).observe(elapsed)
+            finally:
+                elapsed = time.perf_counter() - started
+                labels = (route_template(scope), scope["method"], str(status))
+                REQUEST_SECONDS.labels(*labels).observe(elapsed)
+                log_access(scope, int(status), started, principals, rid)
