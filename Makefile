@@ -64,6 +64,7 @@ chaos: venv
 docs: venv
 	$(VENV)/bin/weelo docs events > docs/events.md
 	$(VENV)/bin/python -m services.gateway.asyncapi --markdown > docs/websocket.md
+	$(VENV)/bin/python -m services.gateway.openapi > docs/openapi.json
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
