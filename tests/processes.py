@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from libs.local.probes import free_port
 from libs.local.probes import healthy as probe
+from libs.local.supervisor import HEALTH_OFFSETS
 
 __all__ = [
     "DB_POOL_SIZE",
@@ -158,3 +161,28 @@ def environment(base: dict[str, str], **overrides: str) -> dict[str, str]:
         "PYTHONPATH": str(ROOT),
         "LOG_LEVEL": os.environ.get("TEST_LOG_LEVEL", "WARNING"),
     }
+
+
+def free_base_port(gateways: int = 2) -> int:
+    """A GATEWAY_PORT whose gateway ports and base+101..105 are all free right now."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000)
+        ports = [base + i for i in range(gateways)] + [base + o for o in HEALTH_OFFSETS.values()]
+        if all(port_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range found")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def health_urls(base: int, gateways: int = 1) -> list[str]:
+    """The /health URL of every process `weelo up` starts from GATEWAY_PORT `base`."""
+    ports = [base + i for i in range(gateways)] + [base + o for o in HEALTH_OFFSETS.values()]
+    return [f"http://127.0.0.1:{p}/health" for p in ports]

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import run_weelo
-from tests.test_up import free_base_port
+from tests.processes import free_base_port, run_weelo
 
 pytestmark = pytest.mark.process
 

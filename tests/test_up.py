@@ -6,10 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pty
-import random
 import select
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,40 +19,15 @@ import pytest
 import redis
 
 from libs.local.embedded import EmbeddedServerError, embedded_postgres, embedded_redis
-from tests.processes import ROOT, weelo_command
+from tests.processes import ROOT, free_base_port, health_urls, weelo_command
 
 UP_WITHIN_S = 20.0
 STOP_WITHIN_S = 40.0
-HEALTH_OFFSETS = (101, 102, 103, 104, 105)  # broadcast, acceptance, timer, presence, fanout
 
 pytestmark = [
     pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc"),
     pytest.mark.process,  # `weelo up` and embedded servers, started by the tests themselves
 ]
-
-
-def free_base_port(gateways: int = 2) -> int:
-    """A GATEWAY_PORT whose gateway ports and base+101..105 are all free right now."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000)
-        ports = [base + i for i in range(gateways)] + [base + o for o in HEALTH_OFFSETS]
-        if all(_port_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range found")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def health_urls(base: int, gateways: int = 1) -> list[str]:
-    ports = [base + i for i in range(gateways)] + [base + o for o in HEALTH_OFFSETS]
-    return [f"http://127.0.0.1:{p}/health" for p in ports]
 
 
 Proc = tuple[int, str]  # pid and start time: a pid reused later is another process

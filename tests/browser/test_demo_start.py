@@ -4,10 +4,8 @@ the background before registering the fleet; with the system running it starts n
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -15,36 +13,12 @@ import httpx
 import pytest
 
 from libs.local.probes import healthy
-from libs.local.supervisor import HEALTH_OFFSETS
 from tests.browser.conftest import LINK, system_env
 from tests.keys import forget_keys
-from tests.processes import run_weelo
+from tests.processes import free_base_port, health_urls, run_weelo
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
 STOP_WITHIN_S = 40.0
-
-
-def free_base_port() -> int:
-    """A GATEWAY_PORT whose port and base+101..105 are all free right now."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000)
-        if all(port_free(base + offset) for offset in (0, *HEALTH_OFFSETS.values())):
-            return base
-    raise RuntimeError("no free port range found")
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def health_urls(base: int) -> list[str]:
-    ports = (base, *(base + offset for offset in HEALTH_OFFSETS.values()))
-    return [f"http://127.0.0.1:{port}/health" for port in ports]
 
 
 def nothing_listens(urls: list[str]) -> bool:
