@@ -29,6 +29,8 @@ from libs.events.metrics import DEAD_LETTER_ENTRIES, STREAM_LAG, STREAM_PENDING
 from libs.events.retry import Failures
 from libs.events.streams import CATEGORIES, events_stream
 
+LAG_PAGE = 1000  # entries per XRANGE when Redis 6.2 must count a group's lag
+
 log = structlog.get_logger(__name__)
 
 StreamId = tuple[int, int]
@@ -87,17 +89,33 @@ async def safe_trim_point(redis: Redis, stream: str, retention_ms: int) -> Strea
         return None
     floor = (max(int(time.time() * 1000) - retention_ms, 0), 0)
     for group in groups:
-        _measure(stream, group)
+        await _measure(redis, stream, group)
         floor = min(floor, await _group_floor(redis, stream, group))
     return floor
 
 
-def _measure(stream: str, group: dict[str, Any]) -> None:
+async def _measure(redis: Redis, stream: str, group: dict[str, Any]) -> None:
     """The group's lag and pending entries as this pass saw them (`/metrics`)."""
     name = _text(group["name"])
     STREAM_PENDING.labels(stream, name).set(int(group["pending"]))
-    if group.get("lag") is not None:
-        STREAM_LAG.labels(stream, name).set(int(group["lag"]))
+    lag = await group_lag(redis, stream, group)
+    if lag is not None:
+        STREAM_LAG.labels(stream, name).set(lag)
+
+
+async def group_lag(redis: Redis, stream: str, group: dict[str, Any]) -> int | None:
+    """Entries the group has not read yet, from an `XINFO GROUPS` row. Redis 7 reports `lag`
+    (None when it cannot tell: entries deleted out of order); Redis 6.2, the embedded one of
+    local runs, has no such field, so the entries after `last-delivered-id` are counted."""
+    if "lag" in group:
+        return None if group["lag"] is None else int(group["lag"])
+    counted, after = 0, _text(group["last-delivered-id"])
+    while True:
+        page: Any = await redis.xrange(stream, min=f"({after}", count=LAG_PAGE)
+        counted += len(page)
+        if len(page) < LAG_PAGE:
+            return counted
+        after = _text(page[-1][0])
 
 
 async def _group_floor(redis: Redis, stream: str, group: dict[str, object]) -> StreamId:

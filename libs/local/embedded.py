@@ -120,13 +120,22 @@ def _postgres_user() -> str | None:
     """The user PostgreSQL runs as: None (this one) unless we are root, who may not."""
     if os.geteuid() != 0:
         return None
-    try:
-        pwd.getpwnam(SYSTEM_USER)
-    except KeyError:
-        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-        command = [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin"]
-        subprocess.run([*command, SYSTEM_USER], check=True, capture_output=True)  # noqa: S603
+    system_user(SYSTEM_USER)
     return SYSTEM_USER
+
+
+def system_user(name: str) -> pwd.struct_passwd:
+    """The system user `name`, created if missing. Concurrent starts (the suite's workers) take
+    turns: `useradd` does not always lock `/etc/passwd` against another `useradd`, and two
+    rewriting it at once leave one of them running programs as a user id that no longer exists."""
+    with _root_lock(_relocation_base() / "weelo-useradd.lock"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+            command = [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin"]
+            subprocess.run([*command, name], check=True, capture_output=True)  # noqa: S603
+            return pwd.getpwnam(name)
 
 
 class _Layout(NamedTuple):
@@ -165,6 +174,19 @@ def _can_reach(folder: Path, entry: pwd.struct_passwd) -> bool:
         if not info.st_mode & bit:
             return False
     return True
+
+
+@contextlib.contextmanager
+def _root_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path`, a file of root's (never a link another user placed)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        if os.fstat(fd).st_uid != 0:
+            raise EmbeddedServerError(f"{path} is not root's: remove it")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _relocation_base() -> Path:

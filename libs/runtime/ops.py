@@ -2,8 +2,9 @@
 connection the caller opened.
 
 - Every grouped stream of the prefix and each of its consumer groups: entries not read yet
-  (`XINFO GROUPS` `lag`; unknown after entries were deleted out of order), entries read and not
-  acknowledged, the age of the oldest of those, entries being retried after a failure.
+  (`XINFO GROUPS` `lag`, counted on Redis 6.2; unknown after out-of-order deletes), entries
+  read and not acknowledged, the age of the oldest of those, entries being retried after a
+  failure.
 - Committed events not on a stream yet: the rows of the `outbox` table and the oldest one's age.
 - The dead-letter stream's length.
 - Who holds each single-holder role, since when (`role_holders`).
@@ -24,7 +25,7 @@ from libs.events.lease import projector_role
 from libs.events.relay import RELAY_ROLE
 from libs.events.retry import failures_key
 from libs.events.streams import dead_letter_stream
-from libs.events.trim import grouped_streams, parse_id
+from libs.events.trim import group_lag, grouped_streams, parse_id
 
 
 class GroupLag(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -87,12 +88,12 @@ async def _group_lag(redis: Redis, stream: str, group: dict[str, Any], now_ms: i
         summary: Any = await redis.xpending(stream, name)
         if summary["min"] is not None:
             oldest = max(now_ms - parse_id(summary["min"])[0], 0) / 1000
-    lag = group.get("lag")
+    lag = await group_lag(redis, stream, group)
     return GroupLag(
         stream=stream,
         group=name,
         consumers=int(group["consumers"]),
-        waiting=None if lag is None else int(lag),
+        waiting=lag,
         pending=int(group["pending"]),
         oldest_pending_age_s=oldest,
         retrying=int(await redis.hlen(failures_key(stream, name))),

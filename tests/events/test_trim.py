@@ -16,7 +16,13 @@ from libs.events.dispatch import envelope_of
 from libs.events.retry import Failures
 from libs.events.runner import Delivery, RunnerConfig
 from libs.events.streams import events_stream
-from libs.events.trim import grouped_streams, remove_idle_consumers, trim_forever
+from libs.events.trim import (
+    LAG_PAGE,
+    group_lag,
+    grouped_streams,
+    remove_idle_consumers,
+    trim_forever,
+)
 from tests.events.helpers import eventually
 from tests.events.runners import Running, consumer_names, make_runner, pending_count, probe_entry
 
@@ -164,3 +170,21 @@ async def test_failure_records_of_entries_no_longer_pending_are_removed(
 
 async def _recorded(failures: Failures, expected: list[str]) -> bool:
     return sorted(await failures.entries()) == expected
+
+
+async def test_a_groups_lag_is_counted_when_redis_does_not_report_it(
+    redis: Redis, prefix: str
+) -> None:
+    """Redis 6.2 (the embedded server) has no `lag` in `XINFO GROUPS`: the entries after the
+    group's last delivered one are counted instead, across several pages, and agree with the
+    `lag` Redis 7 reports for the same group."""
+    stream = f"{prefix}lag-probe"
+    for _ in range(LAG_PAGE * 2 + 7):
+        await redis.xadd(stream, {"n": "1"})
+    await redis.xgroup_create(stream, "g", id="0")
+    await redis.xreadgroup("g", "c", {stream: ">"}, count=5)
+    [row] = await redis.xinfo_groups(stream)
+    as_on_redis_6 = {key: value for key, value in row.items() if key != "lag"}
+    assert await group_lag(redis, stream, as_on_redis_6) == LAG_PAGE * 2 + 2
+    if "lag" in row:
+        assert await group_lag(redis, stream, row) == LAG_PAGE * 2 + 2

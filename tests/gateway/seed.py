@@ -56,6 +56,7 @@ class Seeder:
     conn: Conn
     broadcasts: list[str] = field(default_factory=list)
     drivers: list[str] = field(default_factory=list)
+    seen_at: dict[str, datetime] = field(default_factory=dict)  # online drivers' last sighting
 
     async def broadcast(
         self,
@@ -116,7 +117,10 @@ class Seeder:
     async def driver(self, transporter_id: str, *, online: bool = False, name: str = "Ravi") -> str:
         driver_id = new_id("d")
         self.drivers.append(driver_id)
-        seen = CREATED if online else None
+        seen = None
+        if online:  # seen just now: the presence sweep (if running) leaves it online for a TTL
+            now = datetime.now(UTC)
+            seen = self.seen_at[driver_id] = now.replace(microsecond=now.microsecond // 1000 * 1000)
         await self.conn.execute(_DRIVER, (driver_id, transporter_id, name, online, seen))
         return driver_id
 

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from libs.events.clock import iso_ms
 from libs.runtime.tokens import ROLES, Role
 from tests.gateway.conftest import Gateway, new_id
 from tests.gateway.seed import DROP, PICKUP, Seeder, Slot
@@ -59,7 +60,7 @@ async def test_drivers_list_shows_active_assignment(
         "driverId": driver,
         "name": "Ravi",
         "online": True,
-        "lastSeenAt": "2026-11-24T10:00:00.123Z",
+        "lastSeenAt": iso_ms(seed.seen_at[driver]),
         "activeAssignmentId": assignment,
     }
     assert drivers[idle]["activeAssignmentId"] is None

@@ -20,6 +20,7 @@ import pytest
 from redis.asyncio import Redis
 
 from libs.events.commands import commands_stream
+from libs.events.trim import group_lag
 from tests.gateway import races_fixtures
 from tests.gateway.conftest import new_id
 from tests.gateway.helpers import PICKUP, error, search, vehicle_type
@@ -98,7 +99,8 @@ async def _all_commands_handled(deployment: Cluster, service: str) -> None:
     try:
         while time.monotonic() < deadline:
             groups: Any = await redis.xinfo_groups(stream)
-            if groups and all(g["pending"] == 0 and g["lag"] == 0 for g in groups):
+            lags = [await group_lag(redis, stream, g) for g in groups]
+            if groups and all(g["pending"] == 0 for g in groups) and lags == [0] * len(lags):
                 return
             await asyncio.sleep(0.05)
     finally:

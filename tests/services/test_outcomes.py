@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from libs.events.client import CommandClient, CommandTimeout
 from libs.events.commands import AcceptResult, AcceptSlots, BroadcastRef, commands_stream
 from libs.events.outcomes import abandoner
+from libs.events.trim import group_lag
 from tests.events.helpers import eventually
 from tests.processes import environment, services
 from tests.services.helpers import command_client, fleet, new_broadcast, ok, search
@@ -130,7 +131,8 @@ async def test_a_claim_whose_reply_was_lost_is_answered_its_recorded_outcome(
 async def _pending_in(redis: Redis, stream: str, entries: int) -> bool:
     """The stream holds at least `entries` entries after the last one read."""
     groups = await redis.xinfo_groups(stream)
-    return bool(groups) and all(int(g["lag"] or 0) >= entries for g in groups)
+    lags = [await group_lag(redis, stream, g) for g in groups]
+    return bool(groups) and all((lag or 0) >= entries for lag in lags)
 
 
 @contextlib.asynccontextmanager
