@@ -155,17 +155,24 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
 
 
+def report_path() -> Path:
+    """docs/benchmarks.md, or `BENCH_REPORT` (a trial run's figures kept out of the docs)."""
+    given = os.environ.get("BENCH_REPORT")
+    return Path(given) if given else REPORT
+
+
 def write_report(figures: Figures) -> None:
-    """Replace this scenario's section of docs/benchmarks.md, keeping the others."""
+    """Replace this scenario's section of the report (`report_path`), keeping the others."""
+    report = report_path()
     start, end = (
         f"<!-- bench:{figures.scenario}:start -->",
         f"<!-- bench:{figures.scenario}:end -->",
     )
     block = f"{start}\n{figures.markdown()}{end}\n"
-    text = REPORT.read_text() if REPORT.exists() else _REPORT_HEADER
+    text = report.read_text() if report.exists() else _REPORT_HEADER
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
     text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text + "\n" + block
-    REPORT.write_text(text)
+    report.write_text(text)
 
 
 _REPORT_HEADER = """# Benchmarks
