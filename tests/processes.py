@@ -164,13 +164,24 @@ def environment(base: dict[str, str], **overrides: str) -> dict[str, str]:
 
 
 def free_base_port(gateways: int = 2) -> int:
-    """A GATEWAY_PORT whose gateway ports and base+101..105 are all free right now."""
+    """A GATEWAY_PORT whose gateway ports and base+101..105 are all free right now, below the
+    kernel's ephemeral range: there the port of any other test's outgoing connection (or bind
+    to port 0) could take one between this check and `weelo up` binding it."""
+    top = ephemeral_floor() - 1 - max(HEALTH_OFFSETS.values())
     for _ in range(200):
-        base = random.randrange(20000, 60000)
+        base = random.randrange(10000, top)
         ports = [base + i for i in range(gateways)] + [base + o for o in HEALTH_OFFSETS.values()]
         if all(port_free(p) for p in ports):
             return base
     raise RuntimeError("no free port range found")
+
+
+def ephemeral_floor() -> int:
+    """The lowest port the kernel hands out for outgoing connections and binds to port 0."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def port_free(port: int) -> bool:

@@ -273,12 +273,16 @@ def test_up_in_a_terminal_logs_readably_and_frames_the_ready_line(
         while b"Ctrl-C stops everything" not in output and time.monotonic() < deadline:
             ready, _, _ = select.select([leader], [], [], 1)
             if ready:
-                output += os.read(leader, 65536)
+                try:
+                    output += os.read(leader, 65536)
+                except OSError:  # EIO: `weelo up` exited and closed the terminal
+                    break
     finally:
         up.send_signal(signal.SIGINT)
-        assert up.wait(60) == 0
+        code = up.wait(60)
         os.close(leader)
     text = output.decode(errors="replace")
+    assert code == 0, text
     assert "weelo is up" in text, text
     lines = [line for line in text.splitlines() if line.strip()]
     assert not any(line.lstrip().startswith("{") for line in lines), text

@@ -1,6 +1,7 @@
 """When a gateway tells its sockets to resync (services/gateway/realtime/losses.py), watched on
 the real Redis: a changed loss mark resyncs them; the mark found at the first read, or a missing
-one (a wipe the relay has not noticed yet), does not; a watcher that cannot read says so."""
+one (a wipe the relay has not noticed yet), does not; a mark that appears where the watcher saw
+none does; a watcher that cannot read says so."""
 
 from __future__ import annotations
 
@@ -98,6 +99,18 @@ async def test_a_missing_mark_is_no_loss_until_the_relay_sets_a_new_one(
     await redis.delete(f"{prefix}losses")
     await watcher.next_reads()
     assert watcher.losses == 0
+    await redis.set(f"{prefix}losses", "epoch-2")
+    await watcher.next_reads()
+    assert watcher.losses == 1
+
+
+async def test_a_mark_that_appears_where_none_was_seen_is_a_loss(
+    start: Start, redis: Redis, prefix: str
+) -> None:
+    """No mark at the first read (a new deployment, or a wipe the relay has not noticed yet),
+    and the wipe happens before the watcher saw the relay's first mark: the mark the relay sets
+    next is a loss. Else sockets connected meanwhile would never hear of the wipe."""
+    watcher = await start()
     await redis.set(f"{prefix}losses", "epoch-2")
     await watcher.next_reads()
     assert watcher.losses == 1

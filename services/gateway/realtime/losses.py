@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 log = structlog.get_logger(__name__)
 
 CHECK_S = 1.0
+_UNREAD = "no read yet"  # a value no mark takes (marks are uuid hex)
 
 
 async def watch_losses(
@@ -31,9 +32,12 @@ async def watch_losses(
     stop: asyncio.Event,
     every_s: float = CHECK_S,
 ) -> None:
-    """Call `on_loss` whenever the mark at `key` changes from one value to another (a missing
-    mark, as right after a wipe and before the relay noticed it, is no value)."""
-    seen: bytes | str | None = None
+    """Call `on_loss` whenever a mark at `key` differs from the last one seen, or appears where
+    the first read found none (a wipe may have come before this watcher saw the relay's first
+    mark; on a new deployment its first clients reload once, which costs nothing). The mark found
+    at the first read is no loss; a mark gone (a wipe the relay has not noticed yet) keeps the
+    one seen before, so the relay's next is a loss."""
+    seen: bytes | str | None = _UNREAD
     failing = False
     while not stop.is_set():
         try:
@@ -44,10 +48,10 @@ async def watch_losses(
             failing = True
         else:
             failing = False
-            if mark is not None:
-                if seen is not None and mark != seen:
-                    told = on_loss()
-                    log.warning("redis_lost_data_clients_resync", sockets=told)
+            if mark is not None and seen is not _UNREAD and mark != seen:
+                told = on_loss()
+                log.warning("redis_lost_data_clients_resync", sockets=told)
+            if mark is not None or seen is _UNREAD:
                 seen = mark
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
