@@ -65,8 +65,8 @@ def embedded_postgres(data_dir: Path, pginstall: Path | None = None) -> Iterator
         url = f"postgresql://postgres@/postgres?host={quote(str(sockets), safe='')}"
         log = data_dir / "postgres.log"
         command = _postgres_command(layout.bin, pgdata, sockets)
-        with _child(command, log, user, signal.SIGINT) as child:
-            _wait_ready(child, lambda: _postgres_answers(url), f"PostgreSQL (log: {log})")
+        with child_process(command, log, user, signal.SIGINT) as child:
+            wait_ready(child, lambda: _postgres_answers(url), f"PostgreSQL (log: {log})")
             yield url
 
 
@@ -80,8 +80,9 @@ def embedded_redis(data_dir: Path) -> Iterator[str]:
         _stop_stale(pidfile, str(sock), signal.SIGTERM)
         url = f"unix://{quote(str(sock))}?db=0"
         log = data_dir / "redis.log"
-        with _child(_redis_command(data_dir, sock, pidfile), log, None, signal.SIGTERM) as child:
-            _wait_ready(child, lambda: _redis_answers(url), f"Redis (log: {log})")
+        command = _redis_command(data_dir, sock, pidfile)
+        with child_process(command, log, None, signal.SIGTERM) as child:
+            wait_ready(child, lambda: _redis_answers(url), f"Redis (log: {log})")
             yield url
 
 
@@ -378,7 +379,7 @@ def _stop_stale(pidfile: Path, marker: str, sig: signal.Signals) -> None:
         pid = int(pidfile.read_text().split()[0])
         if _is_server(pid, marker):
             os.kill(pid, sig)
-            _wait_for(lambda: not _is_server(pid, marker), STOP_TIMEOUT_S, f"stale {pid} to stop")
+            wait_for(lambda: not _is_server(pid, marker), STOP_TIMEOUT_S, f"stale {pid} to stop")
 
 
 def _is_server(pid: int, marker: str) -> bool:
@@ -394,7 +395,7 @@ def _is_server(pid: int, marker: str) -> bool:
 
 
 @contextlib.contextmanager
-def _child(
+def child_process(
     command: Sequence[str], log: Path, user: str | None, stop: signal.Signals
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `command` with output to `log`; on exit send it `stop`, and kill it if it lingers."""
@@ -436,16 +437,16 @@ def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
     return hook
 
 
-def _wait_ready(child: subprocess.Popen[bytes], ready: Callable[[], bool], name: str) -> None:
+def wait_ready(child: subprocess.Popen[bytes], ready: Callable[[], bool], name: str) -> None:
     def started() -> bool:
         if child.poll() is not None:
             raise EmbeddedServerError(f"{name} exited with {child.returncode} while starting")
         return ready()
 
-    _wait_for(started, START_TIMEOUT_S, f"{name} to answer")
+    wait_for(started, START_TIMEOUT_S, f"{name} to answer")
 
 
-def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
