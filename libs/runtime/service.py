@@ -16,6 +16,7 @@ import errno
 import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -213,9 +214,17 @@ async def run_service(spec: ServiceSpec, settings: Settings, instance: str) -> i
         ]
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="http")
         crashed = await _until_stopped(stop, serving, tasks)
+        asked = time.monotonic()
         server.should_exit = True
         await _finish(tasks, serving)
-    log.info("service_stopped", crashed=crashed)
+        tasks_s = time.monotonic() - asked
+    # How long each part of the stop took: the tasks and server, then the pools' closing.
+    log.info(
+        "service_stopped",
+        crashed=crashed,
+        tasks_s=round(tasks_s, 3),
+        pools_s=round(time.monotonic() - asked - tasks_s, 3),
+    )
     return 1 if crashed else 0
 
 
