@@ -15,14 +15,15 @@ import contextlib
 import random
 import shutil
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
 from libs.local.embedded import EmbeddedServerError, child_process, wait_for, wait_ready
+from libs.local.probes import port_free
 
+HOST = "127.0.0.1"
 SLOTS = 16384
 BUS_OFFSET = 10000
 READY_TIMEOUT_S = 30.0
@@ -104,17 +105,8 @@ def free_ports(count: int) -> list[int]:
     chosen: list[int] = []
     for _ in range(500):
         port = random.randrange(10000, 22000)  # noqa: S311 (not a secret)
-        if port not in chosen and _free(port) and _free(port + BUS_OFFSET):
+        if port not in chosen and all(port_free(HOST, p) for p in (port, port + BUS_OFFSET)):
             chosen.append(port)
             if len(chosen) == count:
                 return chosen
     raise EmbeddedServerError("no free ports for a Redis Cluster")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
