@@ -14,6 +14,7 @@ its /64, which one host can fill with addresses of its own.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,28 +45,38 @@ def is_unauthorized(message: Message) -> bool:
 
 class AuthFailureLimit:
     """ASGI middleware: each 401 counts against its client's address; past the limit, the
-    client gets 429 instead of that 401."""
+    client gets 429 instead of that 401.
+
+    It keeps no frame of its own below the app: the app gets a `CountedSend` in place of `send`,
+    and for a WebSocket that is all this layer holds for the socket's life."""
 
     def __init__(self, app: ASGIApp, limiter: SharedLimiter) -> None:
         self.app = app
         self.limiter = limiter
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        replaced = False
+            return self.app(scope, receive, send)
+        return self.app(scope, receive, CountedSend(self.limiter, scope, receive, send))
 
-        async def send_counted(message: Message) -> None:
-            nonlocal replaced
-            if replaced:
-                return  # the rest of the 401 that the 429 replaced
-            if is_unauthorized(message):
-                wait_s = await self.limiter.take(client_address(scope))
-                if wait_s > 0:
-                    replaced = True
-                    await error_response(rate_limited(wait_s))(scope, receive, send)
-                    return
-            await send(message)
 
-        await self.app(scope, receive, send_counted)
+class CountedSend:
+    """`send` for one request or socket: a 401 spends one of its address's failures; past the
+    limit the 429 goes out instead, and the rest of the 401 is swallowed."""
+
+    __slots__ = ("_limiter", "_receive", "_replaced", "_scope", "_send")
+
+    def __init__(self, limiter: SharedLimiter, scope: Scope, receive: Receive, send: Send) -> None:
+        self._limiter, self._scope, self._receive, self._send = limiter, scope, receive, send
+        self._replaced = False
+
+    async def __call__(self, message: Message) -> None:
+        if self._replaced:
+            return  # the rest of the 401 that the 429 replaced
+        if is_unauthorized(message):
+            wait_s = await self._limiter.take(client_address(self._scope))
+            if wait_s > 0:
+                self._replaced = True
+                await error_response(rate_limited(wait_s))(self._scope, self._receive, self._send)
+                return
+        await self._send(message)

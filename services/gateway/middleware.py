@@ -5,6 +5,7 @@ latency in the `weelo_gateway_request_seconds` histogram by route template and s
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 
 import structlog
 from prometheus_client import Histogram
@@ -22,15 +23,21 @@ REQUEST_SECONDS = Histogram(
 
 
 class RequestContext:
-    """ASGI middleware: correlation id in, header out, latency recorded."""
+    """ASGI middleware: correlation id in, header out, latency recorded, for HTTP requests.
+
+    Any other scope (a WebSocket, the lifespan) goes to the app as it came, and this layer keeps
+    no frame of its own for it: a pass-through coroutine would live, and weigh, as long as each
+    socket does."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._http(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = request_id(scope)
         scope.setdefault("state", {})["correlation_id"] = rid
         status = 500

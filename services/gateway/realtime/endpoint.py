@@ -17,12 +17,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import structlog
 from redis.exceptions import RedisError
+from starlette.datastructures import Headers, QueryParams
 from starlette.routing import WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from libs.inbox.inbox import Inbox, StreamId, parse_id, user_key
@@ -66,9 +70,9 @@ _client_decoder = msgspec.json.Decoder(ClientMessage)
 
 def socket_principal(ws: WebSocket, keys: KeySource) -> Principal:
     """The caller named by the bearer header, else by `?token=`; 401 for anything else."""
-    scheme, _, token = ws.headers.get("authorization", "").partition(" ")
+    scheme, _, token = Headers(scope=ws.scope).get("authorization", "").partition(" ")
     if scheme.lower() != "bearer":
-        token = ws.query_params.get("token", "")
+        token = query_params(ws).get("token", "")
     if not token.strip():
         raise unauthorized("missing")
     secrets = keys.access_secrets()
@@ -78,9 +82,15 @@ def socket_principal(ws: WebSocket, keys: KeySource) -> Principal:
         raise refused_token(token.strip(), secrets) from e
 
 
+def query_params(ws: WebSocket) -> QueryParams:
+    """The handshake's query parameters, parsed afresh: `ws.query_params` (and `ws.headers`)
+    would stay cached on the socket's `WebSocket` for as long as it is open."""
+    return QueryParams(ws.scope["query_string"])
+
+
 async def starting_point(ws: WebSocket, inbox: Inbox, user: str) -> tuple[StreamId, bool]:
     """Where the replay starts, and whether a start older than the inbox needs a resync."""
-    given = ws.query_params.get("lastEventId")
+    given = query_params(ws).get("lastEventId")
     if given is None:
         return await inbox.last_id(user), False
     try:
@@ -101,59 +111,103 @@ def socket_route(deps: Deps, realtime: Realtime) -> WebSocketRoute:
     hub, inbox = realtime.hub, realtime.inbox
 
     async def endpoint(ws: WebSocket) -> None:
-        handshake, principal = HandshakeLog(ws.scope), None
-        try:
-            principal = socket_principal(ws, deps.keys)
-            await rate_limit(deps, f"{principal.role}:{principal.sub}")
-        except ApiError as e:
-            handshake.answered(e.status, principal)
-            await deny(ws, e)
+        """Authenticate and attach (`_attach`), accept, then serve the socket until it closes.
+        The serving is done here, not in a coroutine awaited from here: each one a socket's
+        endpoint awaits lives, and weighs, as long as the socket."""
+        handshake = HandshakeLog(ws.scope)
+        attached = await _attach(ws, deps, realtime, handshake)
+        if attached is None:
             return
-        user = user_key(principal.role, principal.sub)
-        conn = Connection(ws, user, hub.config.max_pending)
-        try:
-            start, check_gap = await starting_point(ws, inbox, user)
-            await hub.attach(conn)
-        except (RedisError, OSError) as e:  # OSError covers a subscription timing out
-            log.warning("socket_refused_unavailable", error=repr(e))
-            handshake.answered(503, principal)
-            await deny(ws, unavailable())
-            return
+        conn, principal, start, check_gap = attached
+        beating = False
         try:
             await ws.accept()
             handshake.answered(101, principal)
+            del handshake  # answered: nothing of it lives as long as the socket
             hub.opened(conn)
             conn.catch_up_soon(inbox, start, check_gap=check_gap)
-            await _serve(ws, conn, hub, principal)
+            beating = await _heartbeat(hub, principal)
+            while (message := await ws.receive())["type"] != "websocket.disconnect":
+                if _is_ping(message.get("text")):
+                    conn.send_control(PONG)
         except asyncio.CancelledError:
             if not conn.evicted:
                 raise
             _uncancel()  # a lagging client that read nothing: the TCP connection is closed
         finally:
-            hub.detach(conn)
-            conn.close(1000, "")
+            _closed(hub, conn, principal if beating else None)
 
-    return WebSocketRoute(PATH, endpoint)
+    return SocketRoute(PATH, endpoint)
 
 
-async def _serve(ws: WebSocket, conn: Connection, hub: Hub, principal: Principal) -> None:
-    """Answer pings until the client leaves; an open driver socket is a heartbeat."""
-    driver = principal.role == "driver"
-    if driver:
-        try:
-            await hub.heartbeats.connected(principal.sub)
-        except (RedisError, OSError) as e:
-            log.warning("socket_heartbeat_failed", error=repr(e))
+Attached = tuple[Connection, Principal, StreamId, bool]
+
+
+async def _attach(
+    ws: WebSocket, deps: Deps, realtime: Realtime, handshake: HandshakeLog
+) -> Attached | None:
+    """The socket's connection, attached to the hub, with its caller and where its replay
+    starts; None when it was refused (the answer sent and logged)."""
+    principal: Principal | None = None
     try:
-        while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if _is_ping(message.get("text")):
-                conn.send_control(PONG)
-    finally:
-        if driver:
-            hub.heartbeats.disconnected(principal.sub)
+        principal = socket_principal(ws, deps.keys)
+        await rate_limit(deps, f"{principal.role}:{principal.sub}")
+    except ApiError as e:
+        handshake.answered(e.status, principal)
+        await deny(ws, e)
+        return None
+    user = user_key(principal.role, principal.sub)
+    conn = Connection(ws, user, realtime.hub.config.max_pending)
+    try:
+        start, check_gap = await starting_point(ws, realtime.inbox, user)
+        await realtime.hub.attach(conn)
+    except (RedisError, OSError) as e:  # OSError covers a subscription timing out
+        log.warning("socket_refused_unavailable", error=repr(e))
+        handshake.answered(503, principal)
+        await deny(ws, unavailable())
+        return None
+    return conn, principal, start, check_gap
+
+
+async def _heartbeat(hub: Hub, principal: Principal) -> bool:
+    """Count a driver's open socket as its heartbeat (a failure to record one is only logged);
+    whether it now counts (False for any other role)."""
+    if principal.role != "driver":
+        return False
+    try:
+        await hub.heartbeats.connected(principal.sub)
+    except (RedisError, OSError) as e:
+        log.warning("socket_heartbeat_failed", error=repr(e))
+    return True
+
+
+def _closed(hub: Hub, conn: Connection, beating: Principal | None) -> None:
+    """The socket's endpoint ends: its driver's heartbeat (`beating`) stops, it leaves the hub,
+    and it is closed if it is not already."""
+    if beating is not None:
+        hub.heartbeats.disconnected(beating.sub)
+    hub.detach(conn)
+    conn.close(1000, "")
+
+
+Endpoint = Callable[[WebSocket], Coroutine[Any, Any, None]]
+
+
+class SocketRoute(WebSocketRoute):
+    """A WebSocket route that hands each socket to its endpoint with no coroutine of its own in
+    between, since whatever sits between uvicorn and the endpoint lives as long as the socket.
+    Starlette's own (`handle` awaiting `websocket_session`, which awaits the app's exception
+    handlers around an app that awaits the endpoint) kept four coroutines and three closures per
+    socket. The exception handlers still apply: `ExceptionMiddleware`, above every route, runs
+    the same ones."""
+
+    def __init__(self, path: str, endpoint: Endpoint) -> None:
+        super().__init__(path, endpoint)  # the same path, name and `scope["endpoint"]`
+        self._endpoint = endpoint
+
+    def handle(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        """The endpoint's coroutine for this socket, for the router to await."""
+        return self._endpoint(WebSocket(scope, receive=receive, send=send))
 
 
 def _uncancel() -> None:

@@ -49,7 +49,7 @@ class HubConfig:
     subscribe_timeout_s: float = 5.0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Subscription:
     confirmed: asyncio.Future[None]
     connections: set[Connection] = field(default_factory=set)
