@@ -39,8 +39,9 @@ run: venv-run
 demo: venv-run  # only the standard library and the runtime: no dev tools
 	$(VENV)/bin/weelo demo --start
 
-test: venv lint
-	$(VENV)/bin/pytest -n 4 --dist loadscope --no-loadscope-reorder
+# The linters run beside the suite (scripts/test.sh); their output follows the suite's.
+test: venv
+	VENV=$(VENV) scripts/test.sh
 
 # The pure tests and the fast integration ones (no processes started, no lint): under 30 s.
 test-fast: venv

@@ -16,13 +16,14 @@ Memory per idle connection = (gateway RSS with every socket open - RSS before) /
 Usage of the client part: `python -m bench.fanout client WS_URL FIRST COUNT EXPECTED OUTFILE`
 (it prints `ready`, then `done` once OUTFILE is written, and exits when its stdin closes).
 
-The run also contains one full garbage collection of the gateway (`libs/runtime/heap.py`: the
-hub collects fully `full_every_s`, 900 s, after it starts; there is no setting for it): the
-gateway is started first and the message phase is timed to span the 900th second of its life,
-while the rest of the scenario runs in the wait. Its pause is the gateway's own
-`weelo_full_collection_seconds` histogram; the collection's effect is in the latency rows.
-`BENCH_FANOUT_FULL_GC_S` (trials only) starts the gateway through a launcher that sets that
-period instead (`python -m bench.fanout gateway-heap SECONDS`), saying so in the figures.
+Full garbage collections (`libs/runtime/heap.py`): production's policy runs one only when the
+permanent generation has grown (twice its size after the last one, and a million objects more),
+never by the clock, so the rows count those during the opening and the message phase of each
+process (`weelo_full_collection_seconds`), and one is forced (SIGUSR1) in the gateway with every
+socket open, before the message phase: its pause and what it found are their own row.
+`BENCH_FANOUT_FULL_GC_S` (trials) gives the deployment a clock period as well
+(`HEAP_FULL_EVERY_S`) and times the message phase to span the gateway's first periodic one, while
+the side parts run in the wait; no collection is forced then.
 
 Peers, in the same run on the same machine, with the same client processes (bench/peers/
 ws_client.py), sockets, rate and message size: python-socketio with `AsyncRedisManager` under
@@ -35,7 +36,8 @@ on its port with every socket connected and messages flowing.
 
 Trial sizes (the defaults are the issue's): `BENCH_FANOUT_SOCKETS`, `BENCH_FANOUT_SECONDS`,
 `BENCH_FANOUT_SPREAD_S`, `BENCH_FANOUT_RESTART_SECONDS`, `BENCH_FANOUT_FULL_GC_S`, and
-`BENCH_FANOUT_PARTS` (a comma-separated subset of `main,latency,memory,restart`).
+`BENCH_FANOUT_PARTS` (a comma-separated subset of `main,latency,memory,restart`), and
+`BENCH_FANOUT_MAIN_DEFLATE=1` (the main part's clients offer permessage-deflate).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -98,6 +101,8 @@ MEMORY_SPREAD_S = SPREAD_S / 2  # sockets for a memory figure only: nothing is t
 P99_TARGET_S = 0.010
 MAX_TARGET_S = 0.050
 MEMORY_TARGET_BYTES = 30 * 1024  # per idle socket, with permessage-deflate negotiated
+# Trials only: the main part's clients offer permessage-deflate (its CPU per message with it).
+MAIN_DEFLATE = os.environ.get("BENCH_FANOUT_MAIN_DEFLATE") == "1"
 # The Redis restart: a steady rate to every socket, Redis stopped RESTART_AT_S into it for
 # DOWN_S, then GRACE_S for every system to catch up before the clients report.
 RESTART_RATE = 100
@@ -139,11 +144,9 @@ def deployment(
 def deployment_on(
     redis_url: str,
     services: Sequence[str] = ("fanout",),
-    gateway: Sequence[str] | None = None,
     **extra: str,
 ) -> Iterator[Deployment]:
-    """`deployment` on the Redis at `redis_url`; `gateway` is the gateway's command instead of
-    `weelo run gateway` (the heap launcher)."""
+    """`deployment` on the Redis at `redis_url`."""
     target, prefix = servers(), f"bench-{uuid.uuid4().hex[:8]}:"
     with scratch_database(target.database_url) as url, tempfile.TemporaryDirectory() as state:
         env = service_env(
@@ -161,7 +164,7 @@ def deployment_on(
         try:
             for name, port in ports.items():
                 key = "GATEWAY_PORT" if name == "gateway" else "HEALTH_PORT"
-                command = list(gateway) if gateway and name == "gateway" else weelo("run", name)
+                command = weelo("run", name)
                 procs[name] = subprocess.Popen(command, env={**env, key: str(port)}, cwd=ROOT)
             for name, port in ports.items():
                 _wait_healthy(name, procs[name], port)
@@ -398,6 +401,8 @@ class Measured:
     lag: tuple[dict[str, float], dict[str, float]]
     # process -> (full collections, seconds they took) during the message phase
     collections: dict[str, tuple[float, float]] = field(default_factory=dict)
+    opening_collections: dict[str, tuple[float, float]] = field(default_factory=dict)
+    forced: Forced | None = None  # the gateway's forced full collection, every socket open
     meta: dict[str, Any] = field(default_factory=dict)  # what the clients counted
     load: tuple[float, float] = (0.0, 0.0)  # 1-min load average at the phase's start, end
 
@@ -433,41 +438,71 @@ def run() -> Figures:
 
 
 def _run_main(results: Results, tmp: Path, parts: set[str]) -> None:
-    """Start our deployment, run the side parts while waiting for the gateway's full collection
-    (those that would not fit run after), then measure ours across it."""
-    period, command = heap_period()
-    with deployment_on(servers().redis_url, ("fanout",), command) as d:
-        full_at = d.healthy_at + period
-        # The hub's 5 s ticks put the collection 0-6 s after its due time (its start is a
-        # little before the health check answered): the phase starts 2 s before it.
-        produce_at = full_at - 2.0
-        opening_s = SPREAD_S + 15
-        _run_side(results, tmp, parts, deadline=produce_at - opening_s)
+    """Start our deployment and measure ours, then run the side parts; with a trial's period
+    (`heap_period`), run the side parts while waiting for the gateway's periodic full collection
+    (those that would not fit run after) and measure ours across it."""
+    period = heap_period()
+    extra = {"HEAP_FULL_EVERY_S": f"{period:g}"} if period else {}
+    with deployment_on(servers().redis_url, ("fanout",), **extra) as d:
+        produce_at = None
+        if period:
+            # The hub's 5 s ticks put the collection 0-6 s after its due time (its start is a
+            # little before the health check answered): the phase starts 2 s before it.
+            produce_at = d.healthy_at + period - 2.0
+            _run_side(results, tmp, parts, deadline=produce_at - (SPREAD_S + 15))
         results.main = _measure(d, tmp, produce_at)
-        results.full_gc = (period, command is not None)
+        results.full_gc = period or 0.0
     _run_side(results, tmp, parts, deadline=None)
 
 
-def heap_period() -> tuple[float, list[str] | None]:
-    """The gateway's full-collection period and the command to start it with (None: `weelo run
-    gateway`, production's 900 s); `BENCH_FANOUT_FULL_GC_S` for a trial."""
-    given = os.environ.get("BENCH_FANOUT_FULL_GC_S")
-    if not given:
-        return HeapConfig().full_every_s, None
-    launcher = [sys.executable, "-m", "bench.fanout", "gateway-heap", given]
-    return float(given), launcher
+def heap_period() -> float | None:
+    """`BENCH_FANOUT_FULL_GC_S` (trials): a full-collection period for the deployment's
+    processes (`HEAP_FULL_EVERY_S`); None: production's policy, which has none."""
+    given = os.environ.get("BENCH_FANOUT_FULL_GC_S", "").strip()
+    return float(given) if given else None
 
 
-def gateway_heap(period_s: float) -> int:
-    """`weelo run gateway` with the heap's full collection every `period_s` (a trial's
-    launcher: libs has no setting for it, so the default of `HeapConfig` is replaced)."""
-    import libs.runtime.heap as heap
-    from libs.cli import main
+@dataclass(frozen=True)
+class Forced:
+    seconds: float  # how long it stopped the gateway
+    unreachable: float  # objects it found unreachable
+    frozen: float  # the permanent generation right after it
+    load: float
 
-    defaults = heap.HeapConfig.__init__.__defaults__
-    assert defaults is not None
-    heap.HeapConfig.__init__.__defaults__ = (defaults[0], period_s)
-    return main(["run", "gateway"])
+
+def force_full_collection(d: Deployment) -> Forced:
+    """SIGUSR1 to the gateway (libs/runtime/heap.py): its full collection's pause and findings,
+    from its /metrics once the collection is counted there."""
+    port = d.port
+    before = heap_figures(port)
+    os.kill(d.procs["gateway"].pid, signal.SIGUSR1)
+    count = "weelo_full_collection_seconds_count"
+    wait_until(lambda: heap_figures(port)[count] > before[count], 60, "the forced collection")
+    after = heap_figures(port)
+    return Forced(
+        after["weelo_full_collection_seconds_sum"] - before["weelo_full_collection_seconds_sum"],
+        after["weelo_full_collection_unreachable_objects_total"]
+        - before["weelo_full_collection_unreachable_objects_total"],
+        after["weelo_gc_frozen_objects"],
+        load_now(),
+    )
+
+
+def heap_figures(port: int) -> dict[str, float]:
+    """A process's heap figures (libs/runtime/heap.py) from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    names = (
+        "weelo_full_collection_seconds_count",
+        "weelo_full_collection_seconds_sum",
+        "weelo_full_collection_unreachable_objects_total",
+        "weelo_gc_frozen_objects",
+    )
+    found = {}
+    for name in names:
+        match = re.search(rf"^{name} (\S+)$", text, re.M)
+        found[name] = float(match.group(1)) if match else 0.0
+    return found
 
 
 def _measure(d: Deployment, tmp: Path, produce_at: float | None = None) -> Measured:
@@ -479,11 +514,17 @@ def _measure(d: Deployment, tmp: Path, produce_at: float | None = None) -> Measu
     if produce_at is not None:  # open the sockets just before the phase, not 15 min before
         time.sleep(max(0.0, produce_at - SPREAD_S - 15 - time.time()))
     before, loaded = rss_bytes(pid), load_now()
+    heaps_opening = _collections(d)
     opening = time.monotonic()
-    group = open_clients("weelo", d.ws_url(), total, tmp / "main")
+    group = open_clients("weelo", d.ws_url(), total, tmp / "main", deflate=MAIN_DEFLATE)
     opened_in = time.monotonic() - opening
     time.sleep(3.0)  # let the gateway settle with every socket idle
-    after, cpu, lag = rss_bytes(pid), cpu_seconds(pid), loop_lag(d.port)
+    after, heaps = rss_bytes(pid), _collections(d)
+    opened_heaps = _since(heaps_opening, heaps)
+    # A full collection with every socket open, outside the phase (not with a trial's period:
+    # it would move the periodic one out of the phase).
+    forced = force_full_collection(d) if produce_at is None else None
+    cpu, lag = cpu_seconds(pid), loop_lag(d.port)
     fanout_cpu, heaps = cpu_seconds(fanout), _collections(d)
     if produce_at is not None and produce_at < time.time() + 0.2:
         # Late (the side parts overran): a start in the past would be a burst, not a rate.
@@ -493,15 +534,13 @@ def _measure(d: Deployment, tmp: Path, produce_at: float | None = None) -> Measu
     arrivals, meta = group.collect()
     cpu, lag_after = cpu_seconds(pid) - cpu, loop_lag(d.port)
     fanout_cpu = cpu_seconds(fanout) - fanout_cpu
-    heaps_after = _collections(d)
-    collections = {
-        k: (v[0] - heaps[k][0], v[1] - heaps[k][1]) for k, v in heaps_after.items() if k in heaps
-    }
+    collections = _since(heaps, _collections(d))
     published = stream_times(d)
     rss = (before, after)
     lags = (lag, lag_after)
     measured = Measured(commits, arrivals, published, rss, cpu, fanout_cpu, opened_in, lags)
     measured.collections, measured.meta, measured.load = collections, meta, (loaded, load_now())
+    measured.opening_collections, measured.forced = opened_heaps, forced
     return measured
 
 
@@ -515,6 +554,13 @@ def full_collections(port: int) -> tuple[float, float]:
 
 def _collections(d: Deployment) -> dict[str, tuple[float, float]]:
     return {name: full_collections(port) for name, port in d.ports.items()}
+
+
+def _since(
+    then: dict[str, tuple[float, float]], now: dict[str, tuple[float, float]]
+) -> dict[str, tuple[float, float]]:
+    """Full collections (count, seconds) of each process between two readings."""
+    return {k: (v[0] - then[k][0], v[1] - then[k][1]) for k, v in now.items() if k in then}
 
 
 # ---- client groups (bench/peers/ws_client.py, the same for every system) ----------------
@@ -650,7 +696,8 @@ def _report(figures: Figures, m: Measured) -> None:
     )
     before, after = m.rss
     figures.add(
-        "memory per idle connection, in this run (clients without permessage-deflate)",
+        "memory per idle connection, in this run (clients "
+        f"{'offering' if MAIN_DEFLATE else 'without'} permessage-deflate)",
         f"{(after - before) / SOCKETS / 1024:.1f} KiB (gateway RSS {before / 2**20:.0f} MiB → "
         f"{after / 2**20:.0f} MiB with {SOCKETS:,} sockets)",
     )
@@ -664,7 +711,12 @@ def _report(figures: Figures, m: Measured) -> None:
         "The projector runs in the fan-out process; the outbox relay in whichever of the two "
         "holds its lease. PostgreSQL, Redis, the producer and both client processes share the "
         "machine's two cores with them. Clients "
-        "do not offer permessage-deflate. The split uses the inbox entry's id (Redis time, "
+        + (
+            "offer permessage-deflate (BENCH_FANOUT_MAIN_DEFLATE, a trial). "
+            if MAIN_DEFLATE
+            else "do not offer permessage-deflate. "
+        )
+        + "The split uses the inbox entry's id (Redis time, "
         "ms) as the moment the projector wrote the message."
     )
     figures.notes.append(
@@ -676,7 +728,7 @@ def _report(figures: Figures, m: Measured) -> None:
         "6 ms within 7 s) until autovacuum came; the producer runs inside PostgreSQL and the "
         "clients do not collect garbage while measuring and keep their sockets open until both "
         "are done, so the measuring tools take neither the cores nor the gateway's time. The "
-        "gateway's full collection (every 15 minutes) is no longer outside the run: see its row."
+        "gateway's full collections are counted in the run and one is forced: see their rows."
     )
 
 
@@ -983,7 +1035,7 @@ def restart_loss(system: str, tmp: Path) -> Loss:
 @dataclass
 class Results:
     main: Measured | None = None
-    full_gc: tuple[float, bool] = (0.0, False)  # the period, whether the launcher set it
+    full_gc: float = 0.0  # a trial's full-collection period (BENCH_FANOUT_FULL_GC_S); 0: none
     latency: dict[str, PeerMeasured] = field(default_factory=dict)
     memory: dict[tuple[str, bool], Idle] = field(default_factory=dict)
     restart: dict[str, Loss] = field(default_factory=dict)
@@ -1076,25 +1128,43 @@ def report_all(figures: Figures, r: Results) -> None:
 
 
 def _full_gc_rows(figures: Figures, r: Results) -> None:
-    assert r.main is not None
-    period, launched = r.full_gc
+    m = r.main
+    assert m is not None
+    config = HeapConfig()
     how = (
-        f"period set to {period:.0f} s by the bench's launcher for a trial, not production's "
-        f"{HeapConfig().full_every_s:.0f} s"
-        if launched
-        else f"production's period, {period:.0f} s after the gateway started"
+        f"a trial's period of {r.full_gc:.0f} s (HEAP_FULL_EVERY_S) besides production's policy"
+        if r.full_gc
+        else f"production's policy: only once the permanent generation holds "
+        f"{config.growth_factor:g}x what it held after the last one and "
+        f"{config.min_growth:,} objects more; no period"
     )
-    for name, (count, took) in sorted(r.main.collections.items()):
-        figures.add(
-            f"full garbage collections during the message phase: {name}",
-            f"{count:.0f}, stopping it {took * 1000:.0f} ms in all ({how}; "
-            "weelo_full_collection_seconds)",
-        )
-    gateway = r.main.collections.get("gateway", (0.0, 0.0))
+    for phase, counted in (
+        ("while the sockets opened", m.opening_collections),
+        ("during the message phase", m.collections),
+    ):
+        for name, (count, took) in sorted(counted.items()):
+            figures.add(
+                f"full garbage collections {phase}: {name}",
+                f"{count:.0f}, stopping it {took * 1000:.0f} ms in all ({how}; "
+                "weelo_full_collection_seconds)",
+            )
+    gateway = m.collections.get("gateway", (0.0, 0.0))
     figures.add(
         "the run contains the gateway's full collection",
-        "yes" if gateway[0] >= 1 else "**no**: it came outside the message phase",
+        "yes"
+        if gateway[0] >= 1
+        else "no: the policy ran none in the message phase (the forced one is its own row)"
+        if not r.full_gc
+        else "**no**: it came outside the message phase",
     )
+    if m.forced is not None:
+        f = m.forced
+        figures.add(
+            f"a forced full collection in the gateway, {SOCKETS:,} sockets open (SIGUSR1, "
+            "before the message phase)",
+            f"stopped it {f.seconds * 1000:.0f} ms; {f.unreachable:,.0f} unreachable objects "
+            f"found; {f.frozen:,.0f} objects frozen after it; load {f.load:.1f}",
+        )
 
 
 def _stats(latencies: Sequence[float]) -> tuple[float, float, float]:
@@ -1167,12 +1237,18 @@ def _memory_target(figures: Figures, idle: Idle | None) -> None:
     if idle.negotiated == 0:
         figures.add(
             label,
-            f"**missed** as worded: the gateway never negotiates it (uvicorn's "
-            f"ws_per_message_deflate=False, libs/runtime/service.py); a client that offers it "
-            f"(as browsers do) costs {per:.1f} KiB, {verdict(per <= 30)} against 30 KiB",
+            f"**missed** as worded: the gateway negotiated it on no socket; a client that "
+            f"offers it (as browsers do) costs {per:.1f} KiB, {verdict(per <= 30)} against "
+            f"30 KiB; load {_loads(idle.load)}",
         )
         return
-    figures.add(label, f"{verdict(idle.per_socket() <= MEMORY_TARGET_BYTES)} ({per:.1f} KiB)")
+    # Met only when every socket negotiated it: a server that declined some would weigh less.
+    met = idle.per_socket() <= MEMORY_TARGET_BYTES and idle.negotiated == SOCKETS
+    figures.add(
+        label,
+        f"{verdict(met)} ({per:.1f} KiB; deflate negotiated on {idle.negotiated:,} of "
+        f"{SOCKETS:,}; load {_loads(idle.load)})",
+    )
 
 
 def _restart_rows(figures: Figures, r: Results) -> None:
@@ -1223,5 +1299,3 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["client"]:
         url, first, count, expected, out = sys.argv[2:7]
         uvloop.run(client_main(url, int(first), int(count), int(expected), Path(out)))
-    elif sys.argv[1:2] == ["gateway-heap"]:
-        raise SystemExit(gateway_heap(float(sys.argv[2])))

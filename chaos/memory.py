@@ -36,10 +36,19 @@ def measure(client: redis.Redis, prefix: str) -> Memory:
     by_part: dict[str, int] = {}
     for key in client.scan_iter(match=f"{prefix}*", count=1000):
         name = key.decode(errors="replace")[len(prefix) :]
-        part = next((p for p in ALLOWED_PARTS if name.startswith(p)), _part(name))
+        part = next((p for p in ALLOWED_PARTS if _unsharded(name).startswith(p)), _part(name))
         by_part[part] = by_part.get(part, 0) + int(client.memory_usage(key) or 0)
     allowed = sum(v for k, v in by_part.items() if k in ALLOWED_PARTS)
     return Memory(used, allowed, by_part)
+
+
+def _unsharded(name: str) -> str:
+    """An inbox shard's key as its part reads: `{inbox:3}:stream:u` as `inbox:u`,
+    `{inbox:3}:delivered:e` as `delivered:e` (libs/inbox/inbox.py)."""
+    if name.startswith("{inbox:"):
+        rest = name.partition("}:")[2]
+        return rest.replace("stream:", "inbox:", 1) if rest.startswith("stream:") else rest
+    return name
 
 
 def _part(name: str) -> str:

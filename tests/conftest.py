@@ -20,6 +20,7 @@ import pytest
 from redis.asyncio import Redis
 
 from libs.local.probes import scratch_database
+from libs.runtime.redis_client import redis_client
 from tests.keys import forget_keys
 from tests.processes import DB_POOL_SIZE
 
@@ -76,6 +77,9 @@ LANES = (
         ),
     ),
     ("gateway", ("tests/gateway/",)),
+    # The process-level flows again on a local three-master Redis Cluster (tests/cluster/): one
+    # system of services, like a realtime module's, beside the lanes above (26 connections).
+    ("cluster", ("tests/cluster/", "tests/test_local_cluster.py")),
 )
 
 
@@ -207,7 +211,8 @@ def prefix(_sweep_run_keys: None) -> str:
 
 @pytest.fixture
 async def redis(redis_url: str, prefix: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
+    client = redis_client(redis_url)  # as the services make theirs: a cluster's, on a cluster
+    await client.initialize()
     yield client
     keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
     if keys:

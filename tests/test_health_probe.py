@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from libs.runtime.health import CHECK_TIMEOUT_S, REUSE_S, HealthProbe, health_app
 from libs.runtime.postgres import conninfo
-from libs.runtime.service import redis_pool
+from libs.runtime.redis_client import redis_pool
 
 # A failing check answers within its timeout; this much more covers the HTTP round trip.
 MARGIN_S = 0.5

@@ -13,8 +13,8 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
 )
 
+from libs.runtime.redis_client import redis_pool
 from libs.runtime.resp import packing_in_c
-from libs.runtime.service import redis_pool
 
 ARGS = ("SET", "k", b"a b\r\n\x00\xff", 7, 1.5, "ü")
 

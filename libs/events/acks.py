@@ -53,11 +53,13 @@ class Acks:
 
     async def _ack(self, ids: list[str], retried: list[str]) -> None:
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xack(self._stream, self._group, *ids)
-                if retried:
+            if retried:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.xack(self._stream, self._group, *ids)
                     pipe.hdel(self._failures_key, *retried)
-                await pipe.execute()
+                    await pipe.execute()
+            else:  # the usual case: one command, without a pipeline's own cost
+                await self._redis.xack(self._stream, self._group, *ids)
         except (RedisError, OSError) as e:  # they stay pending: redelivered, and deduped
             log.warning("ack_failed", stream=self._stream, entries=len(ids), error=str(e))
             return

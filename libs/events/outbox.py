@@ -11,6 +11,19 @@ import psycopg
 Conn = psycopg.AsyncConnection[Any]
 Row = tuple[Any, ...]
 
+# The relay's wake-up lock, a session advisory lock: the relay holds it while it sleeps, waiting
+# for a notification, and leaves it free while it keeps looking at the outbox by itself. A
+# writer's append takes it shared for its transaction if it is free, and notifies the relay at
+# commit only if it is not (`store.py`): a `NOTIFY` holds a lock of the whole PostgreSQL cluster
+# from before its commit until after the commit's WAL flush, so every notifying commit waits
+# for the one before it to reach the disk, and under load that queue, not the work, bounded how
+# many transactions committed per second. The relay sleeps only after it took the lock
+# exclusively, which it can only while no writer holds it shared, and then looked at the outbox
+# once more: every event committed by a writer that did not notify was in that look.
+WAKE_LOCK = 0x7765_6C6F_0000_0001  # "welo", 1
+WAKE_TRY = f"SELECT pg_try_advisory_lock({WAKE_LOCK})"
+WAKE_FREE = f"SELECT pg_advisory_unlock({WAKE_LOCK})"
+
 _COLUMNS = (
     "e.position, e.stream_id, e.event_id, e.version, e.recorded_at, e.correlation_id, e.data::text"
 )
@@ -66,6 +79,12 @@ async def take_and_log(conn: Conn, limit: int, epoch: str, seq: int) -> list[Row
     params = {"limit": limit, "epoch": epoch, "seq": seq}
     cur = await conn.execute(TAKE_AND_LOG, params, prepare=True)
     return await cur.fetchall()
+
+
+async def wake_lock(conn: Conn, take: bool) -> psycopg.AsyncCursor[Row]:
+    """Try to take the wake-up lock (`take`), or free it; in pipeline mode the answer (true if
+    taken, or freed) comes with the next statement's."""
+    return await conn.execute(WAKE_TRY if take else WAKE_FREE, prepare=True)
 
 
 async def recent(conn: Conn, window_s: float) -> list[Row]:

@@ -50,6 +50,11 @@ class RelayConfig:
     poll_interval_s: float = 1.0
     replay_window_s: float = 60.0
     vacuum_after_rows: int = 2000
+    # Found nothing while writers commit (they hold the wake-up lock and do not notify): look
+    # again after this pause, doubled each time up to `max_pause_s`.
+    busy_pause_s: float = 0.001
+    max_pause_s: float = 0.02
+    free_lock_rows: int = 3  # a batch this large: writers commit often, stop them notifying
     log_retention_s: float = 900.0  # how far back a loss of Redis's newest writes is repaired
     lease: LeaseConfig = field(default_factory=LeaseConfig)
 
@@ -80,9 +85,11 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._epoch, self._count = "", 0  # the Redis epoch published to, and its batch count
         self.published = 0
+        self.looks = 0  # batches taken off the outbox, empty ones included
         self._removed = 0  # rows deleted from the outbox since this relay last vacuumed it
         self._vacuuming: asyncio.Task[None] | None = None
         self._next_check = 0.0
+        self._asleep = False  # holds the wake-up lock: writers notify their commits
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish whenever this process holds the lease, until `stop` is set."""
@@ -123,41 +130,76 @@ class OutboxRelay:
             self._wake.set()
 
     async def _drain(self, worker: Conn, held: Held, listening: asyncio.Task[None]) -> None:
-        while held.valid():
-            if listening.done():
-                listening.result()  # re-raise why the listener stopped
-                raise ConnectionError("relay listener stopped")
-            self._wake.clear()
-            if time.monotonic() >= self._next_check:  # else publishing checks it anyway
-                await self._check(worker, held)
-                self._next_check = time.monotonic() + self._config.poll_interval_s
-            while held.valid() and await self._publish_batch(worker, held):
-                pass
-            if self._removed >= self._config.vacuum_after_rows and self._vacuuming is None:
-                self._removed = 0
-                self._vacuuming = asyncio.create_task(self._vacuum())
-                self._vacuuming.add_done_callback(self._vacuumed)
-            await _wait_any(held.ended, self._wake, self._config.poll_interval_s)
+        """Publish batch after batch while the outbox has rows, in one of two ways:
+        - holding the wake-up lock (`outbox.WAKE_LOCK`), writers notify their commits: after a
+          batch that was not full, wait for a notification;
+        - with the lock free, they do not (under load, that saves each commit a wait for the
+          commits before it, `outbox.py`): look again at once after a batch with rows, after a
+          short pause after an empty one, and take the lock with the look after that.
+        The lock is freed with the look after one that found `free_lock_rows` rows or more, or
+        after a sleep that no notification ended (so that no sleeper holds it for long)."""
+        cfg = self._config
+        self._asleep, change, pause = False, False, 0.0
+        ending = asyncio.create_task(_wake_when(held.ended, self._wake))
+        try:
+            while held.valid():
+                if listening.done():
+                    listening.result()  # re-raise why the listener stopped
+                    raise ConnectionError("relay listener stopped")
+                self._wake.clear()
+                if time.monotonic() >= self._next_check:  # else publishing checks it anyway
+                    await self._check(worker, held)
+                    self._next_check = time.monotonic() + self._config.poll_interval_s
+                found = await self._publish_batch(worker, held, change)
+                if self._removed >= self._config.vacuum_after_rows and self._vacuuming is None:
+                    self._removed = 0
+                    self._vacuuming = asyncio.create_task(self._vacuum())
+                    self._vacuuming.add_done_callback(self._vacuumed)
+                change = await self._rest(found, pause)
+                pause = 0.0 if found else _next_pause(pause, cfg)
+        finally:
+            ending.cancel()
 
-    async def _publish_batch(self, worker: Conn, held: Held) -> bool:
+    async def _rest(self, found: int, pause: float) -> bool:
+        """Wait, if need be, after a look that found `found` rows; whether the next look changes
+        the wake-up lock."""
+        cfg = self._config
+        if self._asleep:
+            if found >= cfg.free_lock_rows:
+                return True
+            if found < cfg.batch_size:
+                return not await _wait(self._wake, cfg.poll_interval_s)
+            return False
+        if found:
+            return False
+        await _wait(self._wake, _next_pause(pause, cfg))
+        return True
+
+    async def _publish_batch(self, worker: Conn, held: Held, change: bool) -> int:
         """Take a batch off the outbox and publish it; the removal commits only if it was sent.
-        True when there may be more to take. In pipeline mode, `BEGIN` goes out with the
-        removal: one round trip fewer per batch. The transaction only deletes published rows and
-        logs the batch, so it need not wait for the WAL flush: one lost in a crash publishes
-        those rows again, which consumers dedupe."""
+        How many rows it found. In pipeline mode, `BEGIN` goes out with the removal, and so does
+        the wake-up lock's `change` (taken if free, freed if held): the look after the lock
+        was taken sees every commit of the writers that did not notify.
+        The transaction only deletes published rows and logs the batch, so it need not wait for
+        the WAL flush: one lost in a crash publishes those rows again, which consumers dedupe."""
         try:
             async with worker.pipeline(), worker.transaction():
+                locking = await outbox.wake_lock(worker, not self._asleep) if change else None
                 rows = await outbox.take_and_log(
                     worker, self._config.batch_size, self._epoch, self._count + 1
                 )
+                self.looks += 1
+                if locking is not None:  # taken (if it answers true), or freed
+                    answer = await locking.fetchone()
+                    self._asleep = not self._asleep and bool(answer and answer[0])
                 if rows:
                     await self._send(worker, held, rows, logged=True)
         except _Diverged:  # the batch's rows went back to the outbox with the rollback
             await self._sync(worker, held)
-            return True
+            return self._config.batch_size  # as for a full batch: look again at once
         self.published += len(rows)
         self._removed += len(rows)
-        return len(rows) == self._config.batch_size
+        return len(rows)
 
     async def _send(
         self, worker: Conn, held: Held, rows: Sequence[outbox.Row], logged: bool = False
@@ -248,10 +290,18 @@ class OutboxRelay:
             log.warning("outbox_vacuum_failed", error=repr(task.exception()))
 
 
-async def _wait_any(ended: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.create_task(ended.wait()), asyncio.create_task(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
+def _next_pause(pause: float, config: RelayConfig) -> float:
+    return min(max(2 * pause, config.busy_pause_s), config.max_pause_s)
+
+
+async def _wake_when(ended: asyncio.Event, wake: asyncio.Event) -> None:
+    await ended.wait()
+    wake.set()
+
+
+async def _wait(wake: asyncio.Event, seconds: float) -> bool:
+    """Until `wake` is set (True), or `seconds` passed (False)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await wake.wait()
+    return wake.is_set()

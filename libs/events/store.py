@@ -16,10 +16,17 @@ from psycopg import errors
 
 from libs.events.catalogue import DomainEvent, Envelope
 from libs.events.codec import decode_event, encode
+from libs.events.outbox import WAKE_LOCK
 
 OUTBOX_CHANNEL = "weelo_outbox"
+# Notify the relay at commit only while it sleeps (it holds `WAKE_LOCK`); else hold the lock
+# shared until commit, so that the relay cannot fall asleep before it sees this commit.
+_WAKE = (
+    f"CASE WHEN pg_try_advisory_xact_lock_shared({WAKE_LOCK}) THEN NULL"
+    f" ELSE pg_notify('{OUTBOX_CHANNEL}', '') END"
+)
 
-_APPEND = """
+_APPEND = f"""
 WITH new AS (
     INSERT INTO events (stream_id, version, event_id, event_type, data, correlation_id)
     SELECT x.s, x.v, x.id, x.t, x.d::jsonb, %(corr)s
@@ -30,8 +37,8 @@ WITH new AS (
 ), queued AS (
     INSERT INTO outbox (position) SELECT position FROM new
 )
-SELECT position, event_id, recorded_at, pg_notify(%(channel)s, '') FROM new
-"""
+SELECT position, event_id, recorded_at, {_WAKE} FROM new
+"""  # noqa: S608 (our own constant, never input)
 
 # The arrays go in binary: psycopg quotes each element of a text-format array with a regular
 # expression, which costs more than the insert itself for a batch of thousands (a timer's expiry).
@@ -83,7 +90,6 @@ async def append_many(
         "ids": ids,
         "types": [event_type(f[2]) for f in flat],
         "data": [encode(f[2]).decode() for f in flat],
-        "channel": OUTBOX_CHANNEL,
     }
     try:  # in pipeline mode the error surfaces at the fetch
         cur = await conn.execute(_APPEND, params, prepare=True)
@@ -117,7 +123,7 @@ appended AS (
 ), queued AS (
     INSERT INTO outbox (position) SELECT position FROM appended
 )
-SELECT stream_id, pg_notify('{OUTBOX_CHANNEL}', '') FROM appended
+SELECT stream_id, {_WAKE} FROM appended
 """  # noqa: S608 (our own CTEs, never input)
 
 

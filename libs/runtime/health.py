@@ -35,6 +35,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from libs.runtime.redis_client import probe_connection
+
 CHECK_TIMEOUT_S = 2.0
 REUSE_S = 1.0
 # PostgreSQL connections `/health` holds outside the pool, at most, at any moment.
@@ -70,9 +72,9 @@ async def check_postgres(pool: AsyncConnectionPool[Any], timeout_s: float = CHEC
 
 async def check_redis(redis: Redis, timeout_s: float = CHECK_TIMEOUT_S) -> str:
     """`PING` on a new connection made like `redis`'s (never one from its pool)."""
-    shared = redis.connection_pool
-    # Made as the pool makes its connections, but not counted in, nor lent by, the pool.
-    connection = shared.connection_class(**shared.connection_kwargs)
+    # Made as the pool makes its connections, but not counted in, nor lent by, the pool (on a
+    # cluster: one node's).
+    connection = probe_connection(redis)
     connection.retry = Retry(NoBackoff(), 0)
     connection.socket_connect_timeout = connection.socket_timeout = timeout_s
     try:

@@ -161,6 +161,11 @@ class HeadLimits(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         super().handle_websocket_upgrade()
         upgraded = self.transport.get_protocol()
+        if upgraded is not self:
+            # Done with this connection, which never sees `connection_lost`: drop the parser as
+            # uvicorn does there, since the parser holds this protocol's callbacks (a cycle that
+            # only a full collection would free, with this protocol, its transport and buffers).
+            self.parser = None  # type: ignore[assignment]
         if self._draining and upgraded is not self and isinstance(upgraded, _Stoppable):
             upgraded.shutdown()
 

@@ -20,13 +20,14 @@ from libs.events import deadletter
 from libs.events.deadletter import DeadLetter
 from libs.events.streams import dead_letter_stream
 from libs.runtime.ops import LagReport, lag_report
+from libs.runtime.redis_client import redis_client
 from libs.runtime.settings import SettingsError
 from libs.runtime.table import shorten, table
 
 
 async def run_ops(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     prefix = environ.get("REDIS_KEY_PREFIX", "weelo:")
-    redis = Redis.from_url(_required(environ, "REDIS_URL"))
+    redis = redis_client(_required(environ, "REDIS_URL"))
     try:
         if args.ops == "lag":
             return await _lag(args, redis, _required(environ, "DATABASE_URL"), prefix)

@@ -24,7 +24,8 @@ from typing import Any
 import structlog
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp
 
 from libs.events.relay import OutboxRelay
@@ -36,7 +37,7 @@ from libs.runtime.housekeeping import prune_forever
 from libs.runtime.http_head import head_limits
 from libs.runtime.pool_metrics import watch_pool
 from libs.runtime.postgres import POOL_MIN_SIZE, application_name, conninfo, pool_max_size
-from libs.runtime.resp import packing_in_c
+from libs.runtime.redis_client import is_cluster, redis_client
 from libs.runtime.settings import PortInUse, Settings
 from libs.runtime.silent import end_silent_forever
 from libs.runtime.ws_handshake import FinishedRefusals
@@ -102,7 +103,8 @@ async def open_resources(
     )
     await pool.open(wait=False)
     watch_pool(pool)
-    redis = Redis(connection_pool=redis_pool(settings.redis_url))
+    redis = redis_client(settings.redis_url)
+    await _know_the_cluster(redis, service)
     try:
         yield Resources(settings, pool, redis, instance, service, database)
     finally:
@@ -110,24 +112,15 @@ async def open_resources(
         await pool.close()
 
 
-REDIS_CONNECTIONS = 200
-REDIS_WAIT_S = 5.0
-
-
-def redis_pool(url: str) -> BlockingConnectionPool:
-    """A pool that makes a caller wait for a free connection (up to `REDIS_WAIT_S`) rather than
-    fail at once when a burst of requests needs more than `REDIS_CONNECTIONS`. Commands are
-    packed by hiredis (`resp.py`)."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=REDIS_CONNECTIONS,
-        timeout=REDIS_WAIT_S,
-        socket_connect_timeout=2,
-        socket_timeout=10,
-        health_check_interval=15,
-    )
-    pool.connection_class = packing_in_c(pool.connection_class)
-    return pool
+async def _know_the_cluster(redis: Redis, service: str) -> None:
+    """A cluster client learns the nodes and slots before the service's first command (its
+    pub/sub picks a node by slot); if the cluster does not answer now, it tries again at the
+    first command instead."""
+    if is_cluster(redis):
+        try:
+            await redis.initialize()
+        except (RedisError, OSError) as e:
+            log.warning("redis_cluster_unavailable", service=service, error=str(e))
 
 
 def bind_socket(
@@ -197,9 +190,9 @@ async def run_service(spec: ServiceSpec, settings: Settings, instance: str) -> i
                 # Longer than the load balancer's idle timeout, so that it never reuses a
                 # connection the server is closing under it (a reset, a 502).
                 timeout_keep_alive=settings.http_keepalive_seconds,
-                # Frames are a few hundred bytes; per-socket zlib contexts would double the
-                # memory of an idle connection for little gain.
-                ws_per_message_deflate=False,
+                # permessage-deflate without context takeover: no zlib context lives on an
+                # idle socket (ws_deflate.py, installed by FinishedRefusals).
+                ws_per_message_deflate=True,
                 ws_max_size=4096,  # a client frame over 4 KiB closes with 1009 (CONTRACT.md 7)
                 # X-Forwarded-For only from the proxies named (uvicorn would trust loopback).
                 proxy_headers=bool(settings.forwarded_allow_ips),

@@ -8,17 +8,37 @@
 - A handshake request websockets itself refuses (it is not one it can parse) is answered. uvicorn
   wrote nothing (the client hung until it gave up): now whatever websockets queued is sent, a
   400 with the contract's error body when it queued no response, and the connection closed.
+
+With `ws_per_message_deflate` on, it negotiates permessage-deflate without context takeover
+(ws_deflate.py) instead of uvicorn's offer, whose zlib contexts lived as long as each socket.
 """
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from uvicorn._types import ASGISendEvent
+from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 
 from libs.runtime.refusals import BAD_HANDSHAKE, refusal_bytes
+from libs.runtime.ws_deflate import NO_CONTEXT_DEFLATE
 
 
 class FinishedRefusals(WebSocketsSansIOProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        if config.ws_per_message_deflate:
+            self.conn.available_extensions = NO_CONTEXT_DEFLATE
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self.conn.handshake_exc is not None and not self.handshake_initiated:

@@ -32,7 +32,7 @@ from libs.events.catalogue import (
     SlotsAccepted,
 )
 from libs.events.dispatch import envelopes, stream_key
-from libs.events.lease import Held, Lease, fence, projector_role, redis_answers
+from libs.events.lease import Held, Lease, projector_role, redis_answers
 from libs.events.runner import Delivery, Handler, PoisonMessage, RunnerConfig, StreamRunner
 from libs.events.store import envelope_from_row
 from libs.events.streams import dead_letter_stream, events_stream
@@ -231,7 +231,7 @@ async def project_while_leading(
 
     async def project(held: Held) -> None:
         projector.lead(held.token)
-        await fence(resources.redis, inbox.fence, held.token)  # before the first delivery
+        await inbox.fence(held.token)  # every shard, before the first delivery
         await inbox.warm()
         await records.wait()  # the delivery records' connection is open before events come
         runners = [

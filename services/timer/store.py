@@ -5,9 +5,10 @@
   moves members from `due` (and expired leases) to `inflight` in one Lua script, so exactly one
   instance holds each; the holder removes it once the expiry committed. If the holder dies, the
   lease runs out and another instance claims it again: nothing is lost, and firing twice is
-  harmless because expiry only acts on an active broadcast.
-- `epoch`: set after a full rebuild from PostgreSQL. A claim answers "lost" when it is gone
-  (Redis lost its data), and the timer service rebuilds before firing anything.
+  harmless because expiry only acts on an active broadcast. The same script answers the
+  earliest due time or lease end left, so one round trip claims and tells when to wake.
+- `epoch`: set by every rebuild from PostgreSQL before it reads the schedule. A claim answers
+  "lost" when it is gone (Redis lost its data), and the timer service rebuilds at once.
 
 All three keys share the hash tag `{timers}`, so the scripts run on Redis Cluster too.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -26,14 +28,27 @@ from libs.events.batching import Batcher
 
 _CLAIM = """
 if redis.call('EXISTS', KEYS[3]) == 0 then return {0} end
-local out = {1}
-local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, m in ipairs(stale) do
-  redis.call('ZADD', KEYS[2], ARGV[2], m); table.insert(out, m)
+local now, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local out, held = {1, -1}, {}
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+for i = 1, #stale, 2 do
+  table.insert(out, stale[i]); table.insert(out, tonumber(stale[i + 1]) - tonumber(ARGV[4]))
+  table.insert(held, lease); table.insert(held, stale[i])
 end
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, m in ipairs(due) do
-  redis.call('ZREM', KEYS[1], m); redis.call('ZADD', KEYS[2], ARGV[2], m); table.insert(out, m)
+local room = limit - #stale / 2
+if room > 0 then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, room)
+  local taken = {}
+  for i = 1, #due, 2 do
+    table.insert(out, due[i]); table.insert(out, tonumber(due[i + 1]))
+    table.insert(held, lease); table.insert(held, due[i]); table.insert(taken, due[i])
+  end
+  if #taken > 0 then redis.call('ZREM', KEYS[1], unpack(taken)) end
+end
+if #held > 0 then redis.call('ZADD', KEYS[2], unpack(held)) end
+for k = 1, 2 do
+  local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
+  if first[2] and (out[2] < 0 or tonumber(first[2]) < out[2]) then out[2] = tonumber(first[2]) end
 end
 return out
 """
@@ -53,6 +68,16 @@ return added
 def due_ms(moment: datetime) -> int:
     """The timer score for `moment`: epoch milliseconds, rounded up so it never fires early."""
     return math.ceil(moment.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one claim took: (member, due ms) pairs, and the earliest due time or lease end left
+    (None when no timer is left). A member claimed again after its lease ran out is given the
+    time of its previous claim as its due time, which is not earlier than its real one."""
+
+    timers: list[tuple[str, int]]
+    next_due_ms: int | None
 
 
 class RedisLostTimers(Exception):
@@ -94,14 +119,22 @@ class TimerStore:
                 pipe.zrem(self.inflight, *members)
                 await pipe.execute()
 
-    async def claim(self, now_ms: int, lease_ms: int, limit: int) -> list[str]:
-        """Take up to `limit` due timers (and expired leases) for this instance."""
+    async def claim_due(self, now_ms: int, lease_ms: int, limit: int) -> Claim:
+        """Take up to `limit` timers due by `now_ms` (expired leases first) for this instance,
+        each leased for `lease_ms`; `RedisLostTimers` when the epoch key is gone."""
         reply: list[Any] = await self._claim(
-            keys=[self.due, self.inflight, self.epoch], args=[now_ms, now_ms + lease_ms, limit]
+            keys=[self.due, self.inflight, self.epoch],
+            args=[now_ms, now_ms + lease_ms, limit, lease_ms],
         )
         if reply[0] == 0:
             raise RedisLostTimers
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in reply[1:]]
+        pairs = reply[2:]
+        timers = [(_text(pairs[i]), int(pairs[i + 1])) for i in range(0, len(pairs), 2)]
+        return Claim(timers, None if reply[1] < 0 else int(reply[1]))
+
+    async def claim(self, now_ms: int, lease_ms: int, limit: int) -> list[str]:
+        """`claim_due`, answering only the members taken."""
+        return [member for member, _ in (await self.claim_due(now_ms, lease_ms, limit)).timers]
 
     async def done_many(self, members: Sequence[str]) -> None:
         """Release fired timers."""
@@ -133,3 +166,7 @@ class TimerStore:
 
     async def mark_rebuilt(self) -> None:
         await self._redis.set(self.epoch, "1")
+
+
+def _text(member: Any) -> str:
+    return member.decode() if isinstance(member, bytes) else str(member)

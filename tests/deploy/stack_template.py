@@ -84,8 +84,8 @@ def all_actions(template: Template, role: str) -> set[str]:
 
 
 def evaluate(value: Any, names: Mapping[str, str]) -> Any:
-    """`value` with Ref, Fn::Sub, Fn::Select, Fn::Split, Fn::Join and Fn::If (IsProduction)
-    worked out, `names` giving the parameters and pseudo parameters."""
+    """`value` with Ref, Fn::Sub, Fn::Select, Fn::Split, Fn::Join and Fn::If worked out, `names`
+    giving the parameters, pseudo parameters and conditions other than IsProduction."""
     if isinstance(value, list):
         return [evaluate(v, names) for v in value]
     if not isinstance(value, dict):
@@ -103,12 +103,21 @@ def _sub(arg: Any, names: Mapping[str, str]) -> str:
 
 
 def _if(arg: Any, names: Mapping[str, str]) -> Any:
-    assert arg[0] == "IsProduction", arg[0]
-    return evaluate(arg[1] if names["Environment"] == "production" else arg[2], names)
+    """IsProduction from `Environment`; any other condition as `names` gives it ("true")."""
+    if arg[0] == "IsProduction":
+        chosen = names["Environment"] == "production"
+    else:
+        chosen = names[arg[0]] == "true"
+    return evaluate(arg[1] if chosen else arg[2], names)
+
+
+def _ref(arg: Any, names: Mapping[str, str]) -> Any:
+    """A parameter or pseudo parameter; None for AWS::NoValue (the property is left out)."""
+    return None if arg == "AWS::NoValue" else names[arg]
 
 
 _FUNCTIONS: dict[str, Any] = {
-    "Ref": lambda arg, names: names[arg],
+    "Ref": _ref,
     "Fn::Sub": _sub,
     "Fn::Select": lambda arg, names: evaluate(arg[1], names)[int(arg[0])],
     "Fn::Split": lambda arg, names: str(evaluate(arg[1], names)).split(arg[0]),

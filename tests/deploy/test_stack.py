@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from libs.cli import SERVICES
+from libs.runtime.redis_client import is_cluster_url
 from libs.runtime.settings import load_settings
 from libs.runtime.tokens import REFRESH_TTL_S
 from tests.deploy.conftest import ROOT
@@ -95,6 +96,52 @@ def test_redis_is_encrypted_and_replicated(template: dict[str, Any]) -> None:
     assert props["AutomaticFailoverEnabled"] is True
     assert props["MultiAZEnabled"] is True
     assert "resolve:secretsmanager" in str(props["AuthToken"])
+
+
+def test_redis_has_a_cluster_mode_option(template: dict[str, Any]) -> None:
+    """`RedisShards` 0 (the default) keeps one primary and a replica, cluster mode off; above 0
+    the replication group has that many shards of `RedisReplicasPerShard` replicas each, in a
+    parameter group with cluster-enabled; the REDIS_URL form the stack outputs then names the
+    configuration endpoint with the scheme the services take for a cluster (`rediss+cluster`)."""
+    assert template["Parameters"]["RedisShards"]["Default"] == 0
+    assert template["Parameters"]["RedisReplicasPerShard"]["MinValue"] >= 1
+    assert template["Conditions"]["RedisClusterMode"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "RedisShards"}, 0]}]
+    }
+    endpoints = {
+        f"Redis.{kind}EndPoint.{part}": value
+        for kind, host in (("Primary", "primary.example"), ("Configuration", "config.example"))
+        for part, value in (("Address", host), ("Port", "6379"))
+    }
+    base = {**stack_names("production", "0-1-2-3-4"), **endpoints}
+    base["RedisClusterParameterGroup"] = "weelo-redis-cluster"
+    off = {**base, "RedisClusterMode": "false", "RedisShards": "0", "RedisReplicasPerShard": "1"}
+    on = {**base, "RedisClusterMode": "true", "RedisShards": "3", "RedisReplicasPerShard": "2"}
+    props = template["Resources"]["Redis"]["Properties"]
+    chosen = {
+        name: (evaluate(props[name], off), evaluate(props[name], on))
+        for name in (
+            "NumCacheClusters",
+            "NumNodeGroups",
+            "ReplicasPerNodeGroup",
+            "CacheParameterGroupName",
+        )
+    }
+    assert chosen == {
+        "NumCacheClusters": (2, None),
+        "NumNodeGroups": (None, "3"),
+        "ReplicasPerNodeGroup": (None, "2"),
+        "CacheParameterGroupName": (None, "weelo-redis-cluster"),
+    }
+    group = template["Resources"]["RedisClusterParameterGroup"]
+    assert group["Condition"] == "RedisClusterMode"
+    assert group["Properties"]["CacheParameterGroupFamily"] == "redis7"
+    assert group["Properties"]["Properties"] == {"cluster-enabled": "yes"}
+    url_form = template["Outputs"]["RedisUrlForm"]["Value"]
+    assert evaluate(url_form, on) == "rediss+cluster://:TOKEN@config.example:6379/0"
+    assert evaluate(url_form, off) == "rediss://:TOKEN@primary.example:6379/0"
+    assert is_cluster_url(evaluate(url_form, on))
+    assert not is_cluster_url(evaluate(url_form, off))
 
 
 def test_jwt_secret_rotates_no_faster_than_refresh_tokens_live(

@@ -154,11 +154,16 @@ def test_every_service_has_a_running_below_desired_alarm(template: dict[str, Any
 
 def test_the_redis_alarms_watch_both_nodes(template: dict[str, Any]) -> None:
     """Memory and evictions are read on both nodes of the replication group (either may be the
-    primary after a failover)."""
+    primary after a failover); in cluster mode (`RedisShards` above 0) on the first shard's."""
     for metric in ("DatabaseMemoryUsagePercentage", "Evictions"):
         (alarm,) = alarms_on(template, "AWS/ElastiCache", metric)
-        nodes = {m["Dimensions"]["CacheClusterId"]["Fn::Sub"] for m in watched(alarm)}
-        assert nodes == {"${Redis}-001", "${Redis}-002"}
+        for cluster, expected in (
+            ("false", {"r-001", "r-002"}),
+            ("true", {"r-0001-001", "r-0001-002"}),
+        ):
+            names = {"Redis": "r", "RedisClusterMode": cluster}
+            nodes = {evaluate(m["Dimensions"]["CacheClusterId"], names) for m in watched(alarm)}
+            assert nodes == expected
 
 
 def test_the_connections_alarm_is_80_percent_of_max_connections(template: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from starlette.websockets import WebSocket
 
 from libs.inbox.inbox import Inbox, InboxConfig, Message, parse_id
 from libs.readmodel.frames import Frame, StateChanged
-from libs.runtime.service import redis_pool
+from libs.runtime.redis_client import redis_pool
 from services.gateway.realtime.connection import LAGGING_CLOSE, Connection
 from tests.events.helpers import eventually
 
@@ -183,3 +183,70 @@ async def test_a_warmed_inbox_holds_a_connection_per_call_in_flight(
     finally:
         await client.aclose()
         await observer.aclose()
+
+
+async def test_a_redelivery_writes_only_in_the_shards_it_had_not_reached(
+    redis: Redis, prefix: str
+) -> None:
+    """An event's recipients fall in several inbox shards, one mark each: when one shard's call
+    is undone (its mark and inboxes gone, as if that call never ran), delivering the event again
+    writes that shard's inboxes alone, and every inbox then holds the message once."""
+    inbox = Inbox(redis, prefix)
+    users = [f"transporter:t{i}" for i in range(40)]
+    messages = [message(u, 1) for u in users]
+    assert await inbox.deliver("e1", messages) == 40
+    shard = inbox.shard(users[0])
+    undone = [u for u in users if inbox.shard(u) == shard]
+    assert 0 < len(undone) < len(users)
+    await redis.delete(inbox.mark("e1", "", 0, shard), *(inbox.stream(u) for u in undone))
+    assert await inbox.deliver("e1", messages) == len(undone)
+    assert {await redis.xlen(inbox.stream(u)) for u in users} == {1}
+
+
+def test_a_wake_channel_names_its_user_and_shard() -> None:
+    """Each user's wake channel carries the hash tag of the user's inbox shard, and the hub
+    reads the user back from it; a channel of another prefix or kind names nobody."""
+    inbox = Inbox(cast(Redis, None), "p:")
+    for user in ("customer:c1", "transporter:t-9", "driver:{odd}"):
+        channel = inbox.channel(user)
+        assert channel.startswith(f"p:{{inbox:{inbox.shard(user)}}}:")
+        assert inbox.stream(user).startswith(f"p:{{inbox:{inbox.shard(user)}}}:")
+        assert inbox.user_of(channel) == user
+    assert inbox.user_of("q:{inbox:1}:wake:customer:c1") is None
+    assert inbox.user_of("p:wake-hub:gateway-1") is None
+    assert inbox.user_of("p:{bus}:losses") is None
+
+
+class _Counting(Redis):
+    """A real client that notes each command it sends outside a pipeline, and each pipeline."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(connection_pool=redis_pool(url))
+        self.sent: list[str] = []
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.sent.append(str(args[0]))
+        return await super().execute_command(*args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        self.sent.append("pipeline")
+        return super().pipeline(transaction, shard_hint)
+
+
+async def test_a_message_to_200_users_of_every_shard_is_one_call_on_one_server(
+    redis: Redis, redis_url: str, prefix: str
+) -> None:
+    """On one server the groups of all shards go in one script call (up to `users_per_call`
+    recipients), not one call per shard: a claim's message to 200 transporters is one EVALSHA."""
+    client = _Counting(redis_url)
+    try:
+        inbox = Inbox(client, prefix)
+        users = [f"transporter:t{i}" for i in range(200)]
+        assert len({inbox.shard(u) for u in users}) == InboxConfig().shards
+        await inbox.warm()
+        client.sent.clear()
+        assert await inbox.deliver("e1", [message(u, 1) for u in users]) == 200
+        assert client.sent == ["EVALSHA"]
+        assert {await redis.xlen(inbox.stream(u)) for u in users} == {1}
+    finally:
+        await client.aclose()

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from libs.events.lease import LeaseLost, fence
+from libs.events.lease import LeaseLost
 from libs.inbox.inbox import Inbox, Message
 from libs.readmodel.frames import BroadcastRemoved, Frame
 from tests.realtime.actions import DROP, PICKUP, vehicle, vehicle_type
@@ -24,17 +24,27 @@ MOVES_WITHIN_S = 10.0
 
 
 async def test_a_delivery_with_an_older_token_writes_nothing(redis: Redis, prefix: str) -> None:
-    """Once a newer projector fenced the inbox, a delivery with the old token raises LeaseLost
-    and writes neither the inbox entry nor the delivery mark; the new token delivers."""
+    """Once a newer projector fenced the inboxes (every shard), a delivery with the old token
+    raises LeaseLost and writes neither the inbox entry nor the delivery mark, in whichever
+    shard the user is; the new token delivers; the old one cannot fence them back."""
     inbox = Inbox(redis, prefix)
     removed = BroadcastRemoved(broadcast_id="b", reason="cancelled")
-    message = Message("t-1", Frame("broadcast_removed", "2026-12-01T00:00:00.000Z", removed))
-    assert await fence(redis, inbox.fence, 2)
+    users = [f"t-{i}" for i in range(40)]
+    assert len({inbox.shard(u) for u in users}) > 1
+    messages = [
+        Message(u, Frame("broadcast_removed", "2026-12-01T00:00:00.000Z", removed)) for u in users
+    ]
+    await inbox.fence(2)
+    for message in messages:
+        with pytest.raises(LeaseLost):
+            await inbox.deliver("event-1", [message], token=1)
+    for user in users:
+        assert await redis.xlen(inbox.stream(user)) == 0
+        assert not await redis.exists(inbox.mark("event-1", "", 0, inbox.shard(user)))
     with pytest.raises(LeaseLost):
-        await inbox.deliver("event-1", [message], token=1)
-    assert await redis.xlen(inbox.stream("t-1")) == 0
-    assert not await redis.exists(inbox.mark("event-1", "", 0))
-    assert await inbox.deliver("event-1", [message], token=2) == 1
+        await inbox.fence(1)
+    assert await inbox.deliver("event-1", messages, token=2) == len(users)
+    assert await inbox.deliver("event-1", messages, token=2) == 0  # marked: once
 
 
 async def _new_broadcast(

@@ -18,9 +18,12 @@ PICKUP = Location(lat=12.97, lng=77.59, address="MG Road")
 DROP = Location(lat=13.03, lng=77.62)
 
 
-async def command_client(redis_url: str, prefix: str) -> AsyncIterator[CommandClient]:
+async def command_client(
+    redis_url: str, prefix: str, timeout_s: float = 5.0
+) -> AsyncIterator[CommandClient]:
+    """A started command client; its commands expire unexecuted after `timeout_s`."""
     redis = Redis.from_url(redis_url)
-    client = CommandClient(redis, prefix, f"test-{uuid.uuid4().hex[:6]}")
+    client = CommandClient(redis, prefix, f"test-{uuid.uuid4().hex[:6]}", timeout_s=timeout_s)
     await client.start()
     yield client
     await client.close()

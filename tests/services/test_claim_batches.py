@@ -22,7 +22,10 @@ from tests.services.helpers import command_client, fleet, ok, search
 async def client(
     redis_url: str, service_env_module: dict[str, str], module_prefix: str
 ) -> AsyncIterator[CommandClient]:
-    async for c in command_client(redis_url, module_prefix):
+    # The claims are queued before the acceptance service starts, and a process start takes
+    # seconds on a busy machine (over 5 s at load 16, when the default deadline expired them
+    # unexecuted): their deadline is not what this module tests.
+    async for c in command_client(redis_url, module_prefix, timeout_s=60.0):
         yield c
 
 

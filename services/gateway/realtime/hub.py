@@ -8,6 +8,10 @@ connection is re-established, every connection catches up from its inbox, so fra
 while it was down are not lost. A user holds at most `max_sockets_per_user` accepted sockets on
 the process: one more closes the oldest (`opened`).
 
+On a Redis Cluster the connection is a `ClusterPubSub` on the node of its first channel (this
+process's own): a cluster passes every `PUBLISH` to all its nodes, so the delivery script's
+publish on the master of a user's inbox shard reaches it wherever it is connected.
+
 It also keeps the heartbeats of the drivers with a socket here (`heartbeats.py`) and the garbage
 collector's pauses short (`heap.py`).
 """
@@ -187,7 +191,8 @@ class Hub:
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], _text(message["channel"])
         if kind == "message":
-            sub = self._subs.get(channel.removeprefix(self._inbox.channel_prefix))
+            user = self._inbox.user_of(channel)
+            sub = self._subs.get(user) if user is not None else None
             if sub is not None:
                 raw_id, _, stored = message["data"].partition(b" ")
                 entry_id = raw_id.decode()
@@ -207,7 +212,8 @@ class Hub:
             if not future.done():
                 future.set_result(None)
             return
-        sub = self._subs.get(channel.removeprefix(self._inbox.channel_prefix))
+        user = self._inbox.user_of(channel)
+        sub = self._subs.get(user) if user is not None else None
         for conn in list(sub.connections if sub else ()):
             conn.catch_up_again(self._inbox)
 

@@ -78,7 +78,11 @@ class SendBuffer:
         self.closed = True
         self._queue = None
         if self._sender is not None:
+            # Forgotten once cancelled: a task cancelled before it began keeps a CancelledError
+            # whose traceback holds `_drain`'s frame and so this buffer, a cycle if this buffer
+            # still held the task (tests/realtime/test_heap_gateway.py).
             self._sender.cancel()
+            self._sender = None
         self._closer = asyncio.create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
@@ -91,5 +95,6 @@ class SendBuffer:
             if self._owner is not None and not self._owner.done():
                 self.evicted = True
                 self._owner.cancel()
+                self._owner = None  # as `_sender` in `close`: its frames hold this buffer
         except Exception as e:  # already closed by the client
             log.debug("socket_close_failed", error=repr(e))
