@@ -59,6 +59,7 @@ import uvloop
 from bench.common import (
     ROOT,
     Figures,
+    cpu_seconds,
     free_port,
     healthy,
     percentile,
@@ -254,15 +255,6 @@ def _forget_prefix(redis_url: str, prefix: str) -> None:
         client.delete(*keys)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds; 0 when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _machine_busy_seconds() -> float:
     """CPU-seconds every core of the machine spent not idle, since boot."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -309,12 +301,12 @@ class CpuMeter:
 
     def _sample(self) -> dict[str, float]:
         d = self.deployment
-        sample = {name: _cpu_seconds(p.pid) for name, p in d.procs.items()}
+        sample = {name: cpu_seconds(p.pid) for name, p in d.procs.items()}
         sample["PostgreSQL (this database's backends)"] = sum(
-            _cpu_seconds(pid) for pid in _postgres_pids(d.database_url)
+            cpu_seconds(pid) for pid in _postgres_pids(d.database_url)
         )
         redis_pid = _redis_pid(d.redis_url)
-        sample["Redis"] = _cpu_seconds(redis_pid) if redis_pid else 0.0
+        sample["Redis"] = cpu_seconds(redis_pid) if redis_pid else 0.0
         sample["load generator"] = time.process_time()
         sample["whole machine"] = _machine_busy_seconds()
         return sample

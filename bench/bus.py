@@ -35,6 +35,7 @@ import uvloop
 from bench.common import (
     ROOT,
     Figures,
+    cpu_seconds,
     processes,
     scratch_database,
     servers,
@@ -111,15 +112,6 @@ async def produce(
 # --- CPU accounting ---------------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds; 0 when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _named_cpu_seconds(name: str) -> float:
     """CPU seconds of every live process whose command is `name` (postgres, redis-server)."""
     total = 0.0
@@ -127,7 +119,7 @@ def _named_cpu_seconds(name: str) -> float:
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 if (entry / "comm").read_text().strip() == name:
-                    total += _cpu_seconds(int(entry.name))
+                    total += cpu_seconds(int(entry.name))
     return total
 
 
@@ -157,8 +149,8 @@ class Cpu:
 
     def _sample(self) -> dict[str, float]:
         return {
-            "relay process": _cpu_seconds(self.relay_pid),
-            "consumer": _cpu_seconds(self.consumer_pid),
+            "relay process": cpu_seconds(self.relay_pid),
+            "consumer": cpu_seconds(self.consumer_pid),
             "Redis": _named_cpu_seconds("redis-server"),
             "machine": _machine_busy_seconds(),
             "wall": time.monotonic(),

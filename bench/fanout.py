@@ -71,6 +71,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from bench.common import (
     ROOT,
     Figures,
+    cpu_seconds,
     free_port,
     healthy,
     percentile,
@@ -374,11 +375,6 @@ async def produce(
 
 def _expected(first: int, count: int, total: int) -> int:
     return sum(1 for s in range(total) if first <= s % SOCKETS < first + count)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def loop_lag(port: int) -> dict[str, float]:
