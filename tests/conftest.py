@@ -32,10 +32,13 @@ _databases = itertools.count()
 # fixtures it uses, however indirectly: `process` if it starts processes, else `integration` if
 # it needs a real server, else `pure`. Every PostgreSQL and Redis fixture reaches `_servers`; the
 # deploy tests' Secrets Manager is `moto_endpoint`'s server. The environments made for `weelo`
-# processes, and the gateway tests' shared `system`, start processes. A test that starts one in
-# its own code carries `@pytest.mark.process`.
+# processes, the gateway tests' shared `system` and the local Redis Cluster (`cluster_url`, three
+# redis-server processes) start processes. A test that starts one in its own code carries
+# `@pytest.mark.process`.
 SERVER_FIXTURES = frozenset({"_servers", "moto_endpoint"})
-PROCESS_FIXTURES = frozenset({"service_env", "service_env_module", "cli_env", "system"})
+PROCESS_FIXTURES = frozenset(
+    {"service_env", "service_env_module", "cli_env", "system", "cluster_url"}
+)
 # The same by hand, as "file::test", for modules being reworked (tests/deploy, tests/realtime):
 # markers in the modules themselves once that lands. Processes they run with no fixture to tell:
 PROCESS_TESTS = frozenset(
