@@ -13,9 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import botocore.session
 import pytest
-from moto.server import ThreadedMotoServer
 
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "eu-west-1"
@@ -29,6 +27,8 @@ FAKE_CREDENTIALS = {
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """The URL of a moto server speaking the Secrets Manager API on loopback."""
+    from moto.server import ThreadedMotoServer  # here: importing moto takes about 1 s
+
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -39,6 +39,8 @@ def moto_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def secretsmanager(moto_endpoint: str) -> Any:
     """A botocore client for arranging secrets on the moto server (the test's own hands)."""
+    import botocore.session  # here: only the tests that use it pay for importing it
+
     return botocore.session.get_session().create_client(
         "secretsmanager",
         region_name=REGION,

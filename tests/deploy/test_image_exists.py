@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import botocore.session
 import pytest
 
 from tests.deploy.conftest import FAKE_CREDENTIALS, REGION, ROOT
@@ -39,6 +38,8 @@ pytestmark = [
 @pytest.fixture
 def ecr(moto_endpoint: str) -> Any:
     """A botocore ECR client on the moto server (the test's own hands)."""
+    import botocore.session  # here: only the tests that use it pay for importing it
+
     return botocore.session.get_session().create_client(
         "ecr",
         region_name=REGION,
