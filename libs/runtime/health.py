@@ -143,8 +143,10 @@ async def livez(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def health_routes(pool: AsyncConnectionPool[Any], redis: Redis) -> list[Route]:
-    probe = HealthProbe(pool, redis)
+def health_routes(
+    pool: AsyncConnectionPool[Any], redis: Redis, *, timeout_s: float = CHECK_TIMEOUT_S
+) -> list[Route]:
+    probe = HealthProbe(pool, redis, timeout_s=timeout_s)
 
     async def health(_request: Request) -> Response:
         status, body = await probe.result()
@@ -160,5 +162,7 @@ def health_routes(pool: AsyncConnectionPool[Any], redis: Redis) -> list[Route]:
     return [Route("/livez", livez), Route("/health", health), Route("/metrics", metrics)]
 
 
-def health_app(pool: AsyncConnectionPool[Any], redis: Redis) -> Starlette:
-    return Starlette(routes=health_routes(pool, redis))
+def health_app(
+    pool: AsyncConnectionPool[Any], redis: Redis, *, timeout_s: float = CHECK_TIMEOUT_S
+) -> Starlette:
+    return Starlette(routes=health_routes(pool, redis, timeout_s=timeout_s))
