@@ -27,15 +27,22 @@ from tests.events.helpers import eventually
 from tests.events.runners import Running, consumer_names, make_runner, pending_count, probe_entry
 
 IDLE_MS = 150
+# The bound when a live runner must survive the trimmer. Its idle time restarts at each claim
+# pass (every 20 ms here; before Redis 7.2 a blocked read that found nothing restarts nothing),
+# so the bound must outlast any pause of the test's event loop on a loaded machine: with 150 ms
+# the trimmer once removed the live runner, idle behind four workers and the linters on 2 cores.
+LIVE_IDLE_MS = 1000
 
 
 @contextlib.asynccontextmanager
-async def trimming(redis: Redis, streams: tuple[str, ...]) -> AsyncIterator[None]:
+async def trimming(
+    redis: Redis, streams: tuple[str, ...], idle_ms: int = IDLE_MS
+) -> AsyncIterator[None]:
     """`trim_forever` with bounds of milliseconds, stopped at the end of the block."""
     stop = asyncio.Event()
     task = asyncio.create_task(
         trim_forever(
-            redis, streams, stop, retention_ms=0, interval_s=0.02, consumer_idle_ms=IDLE_MS
+            redis, streams, stop, retention_ms=0, interval_s=0.02, consumer_idle_ms=idle_ms
         )
     )
     try:
@@ -140,7 +147,7 @@ async def test_a_dead_consumers_entries_are_run_by_a_live_runner_then_the_dead_o
     await redis.xreadgroup("g", "dead", {stream: ">"})
     config = RunnerConfig(block_ms=20, claim_idle_ms=50, reclaim_interval_s=0.02)
     running.start(make_runner(redis, stream, handle, consumer="live", config=config))
-    async with trimming(redis, (stream,)):
+    async with trimming(redis, (stream,), idle_ms=LIVE_IDLE_MS):
         await eventually(lambda: _without(redis, stream, "g", "dead"))
         await eventually(lambda: _length_is(redis, stream, 0))
     assert sorted(handled) == [1, 2, 3]
