@@ -37,6 +37,7 @@ from libs.events.lease import Held, Lease, LeaseConfig, LeaseLost, redis_answers
 from libs.events.metrics import OUTBOX_AGE, OUTBOX_ROWS
 from libs.events.publish import Outcome, Publisher, RedisState
 from libs.events.store import OUTBOX_CHANNEL
+from libs.events.streams import first_mark
 
 log = structlog.get_logger(__name__)
 
@@ -244,6 +245,9 @@ class OutboxRelay:
             await self._republish(worker, held, state, lost)
 
     async def _new_epoch(self, worker: Conn, held: Held) -> None:
+        # The lease's first holder ever (token 1), before its first epoch: nobody published to
+        # Redis for this database before, so Redis lost nothing. Any later epoch is a loss.
+        first = held.token == 1 and not self._epoch
         epoch = uuid.uuid4().hex
         if not await self._publisher.start_epoch(held.token, epoch):
             raise LeaseLost(RELAY_ROLE)
@@ -251,8 +255,8 @@ class OutboxRelay:
         rows = await outbox.recent(worker, self._config.replay_window_s)
         for start in range(0, len(rows), self._config.batch_size):
             await self._send(worker, held, rows[start : start + self._config.batch_size])
-        await self._publisher.mark_loss(epoch)
-        log.info("relay_epoch_started", epoch=epoch, republished=len(rows))
+        await self._publisher.mark_loss(first_mark(epoch) if first else epoch)
+        log.info("relay_epoch_started", epoch=epoch, first=first, republished=len(rows))
 
     async def _republish(
         self, worker: Conn, held: Held, state: RedisState, lost: list[tuple[int, list[int]]]

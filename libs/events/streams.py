@@ -39,3 +39,16 @@ def bus_losses_key(prefix: str) -> str:
     """Set by the relay to a new value whenever it finds Redis lost data (all of it, or its
     newest writes); the gateways tell every connected client to resync when it changes."""
     return f"{prefix}{{bus}}:losses"
+
+
+# The mark of a deployment's first epoch (`first_mark`): Redis never held anything of it before,
+# so a gateway that saw no mark yet has no loss to tell of when this one appears.
+_FIRST = "first:"
+
+
+def first_mark(epoch: str) -> str:
+    return _FIRST + epoch
+
+
+def is_first_mark(mark: bytes | str) -> bool:
+    return (mark.decode() if isinstance(mark, bytes) else mark).startswith(_FIRST)

@@ -1,7 +1,7 @@
 """When a gateway tells its sockets to resync (services/gateway/realtime/losses.py), watched on
 the real Redis: a changed loss mark resyncs them; the mark found at the first read, or a missing
 one (a wipe the relay has not noticed yet), does not; a mark that appears where the watcher saw
-none does; a watcher that cannot read says so."""
+none does, unless it is a deployment's first; a watcher that cannot read says so."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
+from libs.events.streams import first_mark
 from services.gateway.realtime.losses import watch_losses
 from tests.processes import free_port
 
@@ -112,6 +113,31 @@ async def test_a_mark_that_appears_where_none_was_seen_is_a_loss(
     next is a loss. Else sockets connected meanwhile would never hear of the wipe."""
     watcher = await start()
     await redis.set(f"{prefix}losses", "epoch-2")
+    await watcher.next_reads()
+    assert watcher.losses == 1
+
+
+async def test_a_deployments_first_mark_appearing_where_none_was_seen_is_no_loss(
+    start: Start, redis: Redis, prefix: str
+) -> None:
+    """A new deployment: the watcher starts before the relay's first epoch, whose mark says it is
+    the first (Redis never held anything to lose): no loss. A mark after it is one."""
+    watcher = await start()
+    await redis.set(f"{prefix}losses", first_mark("epoch-1"))
+    await watcher.next_reads()
+    assert watcher.losses == 0
+    await redis.set(f"{prefix}losses", "epoch-2")
+    await watcher.next_reads()
+    assert watcher.losses == 1
+
+
+async def test_a_first_mark_replacing_a_seen_mark_is_a_loss(
+    start: Start, redis: Redis, prefix: str
+) -> None:
+    """Only where no mark was seen does a first mark mean nothing was lost."""
+    await redis.set(f"{prefix}losses", "epoch-1")
+    watcher = await start()
+    await redis.set(f"{prefix}losses", first_mark("epoch-2"))
     await watcher.next_reads()
     assert watcher.losses == 1
 

@@ -19,6 +19,8 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from libs.events.streams import is_first_mark
+
 log = structlog.get_logger(__name__)
 
 CHECK_S = 1.0
@@ -34,9 +36,9 @@ async def watch_losses(
 ) -> None:
     """Call `on_loss` whenever a mark at `key` differs from the last one seen, or appears where
     the first read found none (a wipe may have come before this watcher saw the relay's first
-    mark; on a new deployment its first clients reload once, which costs nothing). The mark found
-    at the first read is no loss; a mark gone (a wipe the relay has not noticed yet) keeps the
-    one seen before, so the relay's next is a loss."""
+    mark), unless it is the deployment's first mark (`is_first_mark`: Redis held nothing of it
+    before). The mark found at the first read is no loss; a mark gone (a wipe the relay has not
+    noticed yet) keeps the one seen before, so the relay's next is a loss."""
     seen: bytes | str | None = _UNREAD
     failing = False
     while not stop.is_set():
@@ -48,10 +50,16 @@ async def watch_losses(
             failing = True
         else:
             failing = False
-            if mark is not None and seen is not _UNREAD and mark != seen:
+            if _is_loss(seen, mark):
                 told = on_loss()
                 log.warning("redis_lost_data_clients_resync", sockets=told)
             if mark is not None or seen is _UNREAD:
                 seen = mark
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
+
+
+def _is_loss(seen: bytes | str | None, mark: bytes | str | None) -> bool:
+    if mark is None or seen is _UNREAD or mark == seen:
+        return False
+    return not (seen is None and is_first_mark(mark))
