@@ -57,6 +57,7 @@ from bench.common import (
     REPORT,
     ROOT,
     Figures,
+    cpu_seconds,
     free_port,
     healthy,
     report_path,
@@ -190,6 +191,8 @@ def cluster(state: Path) -> Iterator[Cluster]:
 class Sample:
     at: float  # seconds since the soak's start
     rss: dict[str, int]  # every service process, plus the load generator's processes
+    cpu: dict[str, float]  # the same processes and Redis: CPU seconds used so far
+    backends: dict[int, float]  # the scratch database's PostgreSQL backends: the same, by pid
     redis_used: int
     redis_rss: int
     database_bytes: int
@@ -198,17 +201,25 @@ class Sample:
 
 def take_sample(c: Cluster, t0: float, clients: Sequence[Proc]) -> Sample:
     d = c.deployment
-    rss = {name: _rss(p.pid) for name, p in d.procs.items()}
-    rss["load generator"] = _rss(os.getpid())
+    pids = {name: p.pid for name, p in d.procs.items()}
+    pids["load generator"] = os.getpid()
     for i, client in enumerate(clients, 1):
-        rss[f"socket clients {i}"] = _rss(client.pid)
+        pids[f"socket clients {i}"] = client.pid
+    rss = {name: _rss(pid) for name, pid in pids.items()}
+    cpu = {name: cpu_seconds(pid) for name, pid in {**pids, "Redis": c.redis.pid}.items()}
     info: Any = redis_sync.Redis.from_url(d.redis_url).info("memory")
     with psycopg.connect(d.database_url) as conn:
         row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        found = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        ).fetchall()
     assert row is not None
+    backends = {pid: cpu_seconds(pid) for (pid,) in found}
     return Sample(
         time.monotonic() - t0,
         rss,
+        cpu,
+        backends,
         int(info["used_memory"]),
         _rss(c.redis.pid),
         int(row[0]),

@@ -164,6 +164,31 @@ def _postgres_row(soak: Soak) -> Row:
     )
 
 
+def _cpu_row(soak: Soak) -> Row:
+    """Each process's share of a core between the first sample and the last."""
+    if len(soak.samples) < 2:
+        return ("CPU per process", "fewer than two samples")
+    start, end = soak.samples[0], soak.samples[-1]
+    span = max(1e-9, end.at - start.at)
+    used = {n: (end.cpu[n] - start.cpu.get(n, 0.0)) / span for n in end.cpu}
+    used["PostgreSQL backends"] = _backends_cpu(soak) / span
+    per = " · ".join(f"{n} {c:.2f}" for n, c in sorted(used.items(), key=lambda kv: -kv[1]))
+    return (
+        f"CPU (cores, {span:.0f} s from the first sample to the last; PostgreSQL's: its backends "
+        "serving the scratch database)",
+        f"{sum(used.values()):.2f} in all: {per}; load average {start.load:.2f} → {end.load:.2f}",
+    )
+
+
+def _backends_cpu(soak: Soak) -> float:
+    """CPU seconds the database's backends used between the first sample and the last (a
+    backend's time after its last sample, if it ended before the soak's, is not seen)."""
+    first, seen = soak.samples[0].backends, {}
+    for sample in soak.samples:
+        seen.update(sample.backends)
+    return sum(cpu - first.get(pid, 0.0) for pid, cpu in seen.items())
+
+
 def _totals(soak: Soak) -> list[Row]:
     rows = []
     for endpoint, (route, status) in ENDPOINTS.items():
@@ -270,7 +295,12 @@ def _plots(soak: Soak, folder: Path) -> list[str]:
 
 
 def report(figures: Figures, soak: Soak, png_dir: Path) -> None:
-    figures.rows += [_error_target(soak), *_memory_target(soak), _postgres_row(soak)]
+    figures.rows += [
+        _error_target(soak),
+        *_memory_target(soak),
+        _postgres_row(soak),
+        _cpu_row(soak),
+    ]
     figures.rows += _totals(soak)
     figures.rows += _setup(soak)
     for bucket in range(_buckets(soak)):
