@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-StreamId = tuple[int, int]
+from libs.events.streams import StreamId, parse_id
 
 # Keeps the first failure time of a field already there; answers it.
 _RECORD = """
@@ -108,7 +108,7 @@ class Failures:
 
     async def prune(self, floor: StreamId) -> int:
         """Remove the records of entries below `floor` (none of them is pending any more)."""
-        stale = [e for e in await self.entries() if _id(e) < floor]
+        stale = [e for e in await self.entries() if parse_id(e) < floor]
         await self.forget(stale)
         return len(stale)
 
@@ -146,11 +146,6 @@ async def due(
 def _parse(value: bytes | str) -> Failure:
     first, deliveries, error = _text(value).split(" ", 2)
     return Failure(int(first), int(deliveries), error)
-
-
-def _id(entry_id: str) -> StreamId:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _text(value: bytes | str) -> str:

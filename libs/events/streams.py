@@ -52,3 +52,30 @@ def first_mark(epoch: str) -> str:
 
 def is_first_mark(mark: bytes | str) -> bool:
     return (mark.decode() if isinstance(mark, bytes) else mark).startswith(_FIRST)
+
+
+# --- stream entry ids ---------------------------------------------------------------------------
+
+StreamId = tuple[int, int]  # a Redis stream entry id, `<ms>-<seq>`, as a comparable pair
+LARGEST_PART = 2**64 - 1  # each part of a stream id is a 64-bit unsigned integer in Redis
+
+
+def parse_id(raw: bytes | str) -> StreamId:
+    """`1700000000000-3` as a comparable pair; ValueError for anything else, a part past
+    `LARGEST_PART` included (Redis refuses such an id in every command)."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, dash, seq = text.partition("-")
+    if _digits(ms) and (not dash or _digits(seq)):
+        pair = int(ms), int(seq or 0)
+        if max(pair) <= LARGEST_PART:
+            return pair
+    raise ValueError(f"not a stream id: {text!r}")
+
+
+def _digits(text: str) -> bool:
+    """1-20 ASCII digits (`LARGEST_PART` has 20)."""
+    return text.isascii() and text.isdigit() and len(text) <= 20
+
+
+def format_id(value: StreamId) -> str:
+    return f"{value[0]}-{value[1]}"

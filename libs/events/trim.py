@@ -27,13 +27,12 @@ from redis.exceptions import RedisError, ResponseError
 from libs.events.commands import ROUTES, commands_stream
 from libs.events.metrics import DEAD_LETTER_ENTRIES, STREAM_LAG, STREAM_PENDING
 from libs.events.retry import Failures
-from libs.events.streams import CATEGORIES, events_stream
+from libs.events.streams import CATEGORIES, StreamId, events_stream, format_id, parse_id
 
 LAG_PAGE = 1000  # entries per XRANGE when Redis 6.2 must count a group's lag
 
 log = structlog.get_logger(__name__)
 
-StreamId = tuple[int, int]
 
 RETENTION_MS = 60_000
 INTERVAL_S = 10.0
@@ -69,16 +68,6 @@ def grouped_streams(prefix: str) -> tuple[str, ...]:
         *(events_stream(prefix, c) for c in CATEGORIES),
         *(commands_stream(prefix, s) for s in services),
     )
-
-
-def parse_id(value: bytes | str) -> StreamId:
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def format_id(value: StreamId) -> str:
-    return f"{value[0]}-{value[1]}"
 
 
 async def safe_trim_point(redis: Redis, stream: str, retention_ms: int) -> StreamId | None:

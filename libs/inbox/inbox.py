@@ -42,9 +42,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from libs.events.lease import FENCE_SCRIPT, LeaseLost
-
-StreamId = tuple[int, int]
-
+from libs.events.streams import StreamId, format_id, parse_id
 
 F = TypeVar("F", bound=msgspec.Struct)
 
@@ -118,29 +116,6 @@ class InboxConfig:
     users_per_call: int = 200
     # The inboxes' shards (hash tags): every process of a deployment must use the same number.
     shards: int = 16
-
-
-LARGEST_PART = 2**64 - 1  # each part of a stream id is a 64-bit unsigned integer in Redis
-
-
-def parse_id(raw: str) -> StreamId:
-    """`1700000000000-3` as a comparable pair; ValueError for anything else, a part past
-    `LARGEST_PART` included (Redis refuses such an id in every command)."""
-    ms, dash, seq = raw.partition("-")
-    if _digits(ms) and (not dash or _digits(seq)):
-        pair = int(ms), int(seq or 0)
-        if max(pair) <= LARGEST_PART:
-            return pair
-    raise ValueError(f"not a stream id: {raw!r}")
-
-
-def _digits(text: str) -> bool:
-    """1-20 ASCII digits (`LARGEST_PART` has 20)."""
-    return text.isascii() and text.isdigit() and len(text) <= 20
-
-
-def format_id(value: StreamId) -> str:
-    return f"{value[0]}-{value[1]}"
 
 
 class Group(NamedTuple):

@@ -24,8 +24,8 @@ from libs.events.clock import iso_ms
 from libs.events.lease import projector_role
 from libs.events.relay import RELAY_ROLE
 from libs.events.retry import failures_key
-from libs.events.streams import dead_letter_stream
-from libs.events.trim import group_lag, grouped_streams, parse_id
+from libs.events.streams import dead_letter_stream, parse_id
+from libs.events.trim import group_lag, grouped_streams
 
 
 class GroupLag(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

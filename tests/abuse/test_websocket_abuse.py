@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from libs.events.catalogue import DriverAvailabilityChanged
 from libs.events.store import append
-from libs.inbox.inbox import parse_id
+from libs.events.streams import LARGEST_PART, parse_id
 from libs.runtime.tokens import Role
 from tests.gateway.conftest import Gateway, new_id
 from tests.realtime.sockets import Frame, Socket
@@ -30,7 +30,6 @@ REPLACED = 4009  # the close code of the oldest socket when one more opens
 PING = '{"type":"ping"}'
 PONG: Frame = {"type": "pong"}
 RESYNC: Frame = {"type": "resync_required"}
-LARGEST_PART = 2**64 - 1  # each part of a Redis stream id is a 64-bit unsigned integer
 
 
 class Sockets:

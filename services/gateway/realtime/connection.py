@@ -19,7 +19,8 @@ import structlog
 from prometheus_client import Counter
 from starlette.websockets import WebSocket
 
-from libs.inbox.inbox import Inbox, StreamId, format_id, parse_id
+from libs.events.streams import StreamId, format_id, parse_id
+from libs.inbox.inbox import Inbox
 from services.gateway.realtime.sender import SendBuffer
 from services.gateway.realtime.wire import RESYNC_REQUIRED, wire_text
 

@@ -29,7 +29,8 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from libs.inbox.inbox import Inbox, StreamId, parse_id, user_key
+from libs.events.streams import StreamId, parse_id
+from libs.inbox.inbox import Inbox, user_key
 from libs.runtime import tokens
 from libs.runtime.service import Resources
 from libs.runtime.tokens import InvalidToken, Principal
