@@ -25,6 +25,7 @@ from libs.events.catalogue import (
     SlotsAccepted,
     TruckSlot,
 )
+from libs.events.codec import decode_event, encode
 from libs.inbox.inbox import Message
 from services.fanout import messages
 from services.fanout.fold import apply, fold
@@ -107,6 +108,22 @@ def test_fold_follows_a_broadcast() -> None:
     assert (state.filled, state.total, state.open_by_type()) == (3, 3, {"open": 0, "closed": 0})
     assert state.assignment("a1").driver_id == "d1"
     assert state.assignment("a3").transporter_id == "t2"
+
+
+def test_folded_broadcasts_share_the_notified_transporters_ids() -> None:
+    """Two broadcasts decoded from the store's JSON that notified the same transporters hold the
+    same string objects for their ids, not a copy each: the projector's cache of thousands of
+    states costs one pointer per notified transporter, not its id's bytes."""
+    ids = tuple(f"transporter-{n:06d}" for n in range(300))
+    states = []
+    for broadcast in ("b1", "b2"):
+        created = msgspec.structs.replace(CREATED, broadcast_id=broadcast)
+        started = BroadcastStarted(broadcast_id=broadcast, notified_transporters=ids)
+        decoded = [decode_event(encode(event)) for event in (created, started)]
+        states.append(fold(envelopes(*decoded)))
+    first, second = (s.notified for s in states if s is not None)
+    assert first == ids
+    assert all(a is b for a, b in zip(first, second, strict=True))
 
 
 def test_fold_refuses_a_stream_without_its_creation() -> None:
