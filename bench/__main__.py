@@ -17,6 +17,7 @@ SCENARIOS = {
     "accept-storm": "bench.accept_storm",
     "search": "bench.search",
     "fanout": "bench.fanout",
+    "projector": "bench.projector",
     "presence": "bench.presence",
     "soak": "bench.soak",
 }
