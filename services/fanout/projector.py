@@ -42,7 +42,7 @@ from libs.readmodel.frames import Frame
 from libs.readmodel.views import AssignmentView, assignment_view
 from libs.runtime.service import Resources
 from services.fanout import messages
-from services.fanout.fold import apply, fold
+from services.fanout.fold import apply, fold, remembered
 from services.fanout.projected import Projected
 from services.fanout.state import BroadcastState, FoldError
 
@@ -158,7 +158,7 @@ class Projector:
         stream_id = f"broadcast-{state.broadcast_id}"
         cached = self._cache.get(stream_id)
         if cached is None or cached.version < state.version:
-            self._cache[stream_id] = state
+            self._cache[stream_id] = remembered(state)
             self._cache.move_to_end(stream_id)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

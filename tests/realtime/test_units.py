@@ -28,7 +28,7 @@ from libs.events.catalogue import (
 from libs.events.codec import decode_event, encode
 from libs.inbox.inbox import Message
 from services.fanout import messages
-from services.fanout.fold import apply, fold
+from services.fanout.fold import apply, fold, remembered
 from services.fanout.state import BroadcastState, FoldError
 from services.gateway.realtime.wire import wire_text
 
@@ -124,6 +124,38 @@ def test_folded_broadcasts_share_the_notified_transporters_ids() -> None:
     first, second = (s.notified for s in states if s is not None)
     assert first == ids
     assert all(a is b for a, b in zip(first, second, strict=True))
+
+
+def test_an_ended_broadcast_is_remembered_without_its_transporters_and_sends_the_same() -> None:
+    """The projector's cache keeps an ended broadcast without its notified transporters (an open
+    one with them), and every event after the end sends the same messages from that state as
+    from the whole fold: a driver put on a won slot, then a cancel."""
+    first = accepted("t1", ("r1", "a1", "open"))
+    rest = accepted("t2", ("r2", "a2", "open"), ("r3", "a3", "closed"))
+    assign = DriverAssigned(
+        assignment_id="a1", broadcast_id="b1", transporter_id="t1", driver_id="d1", vehicle_id="v1"
+    )
+    cancel = BroadcastCancelled(
+        broadcast_id="b1",
+        customer_id="c1",
+        cancelled_assignments=(
+            CancelledAssignment(assignment_id="a1", transporter_id="t1", driver_id="d1"),
+        ),
+    )
+    filled = BroadcastFilled(broadcast_id="b1")
+    history = envelopes(CREATED, STARTED, first, rest, filled, assign, cancel)
+    open_state = fold(history[:3])
+    assert open_state is not None and remembered(open_state) == open_state
+    for end in range(5, len(history)):
+        before = fold(history[:end])
+        assert before is not None and before.state == "fully_filled"
+        slim = remembered(before)
+        assert slim.notified == () and before.notified == ("t1", "t2")
+        whole = messages.for_change(
+            messages.Change(before, apply(before, history[end]), history[end])
+        )
+        cached = messages.for_change(messages.Change(slim, apply(slim, history[end]), history[end]))
+        assert [summary(m) for m in cached] == [summary(m) for m in whole] != []
 
 
 def test_fold_refuses_a_stream_without_its_creation() -> None:
