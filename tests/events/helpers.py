@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -56,3 +57,22 @@ def relay_of(
     return OutboxRelay(
         database_url, redis, prefix, config, pool=pool, holder=f"relay-{uuid.uuid4().hex[:6]}"
     )
+
+
+@contextlib.asynccontextmanager
+async def running_relay(
+    pool: AsyncConnectionPool[Any],
+    database_url: str,
+    redis: Redis,
+    prefix: str,
+    config: RelayConfig | None = None,
+) -> AsyncIterator[OutboxRelay]:
+    """`relay_of`'s relay running in a task for the block, then stopped (within 10 s)."""
+    relay = relay_of(pool, database_url, redis, prefix, config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        yield relay
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

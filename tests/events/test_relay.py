@@ -21,7 +21,7 @@ from libs.events.codec import envelope_from_fields
 from libs.events.lease import LeaseConfig
 from libs.events.relay import OutboxRelay, RelayConfig
 from libs.events.streams import events_stream
-from tests.events.helpers import append_probes, eventually, relay_of
+from tests.events.helpers import append_probes, eventually, relay_of, running_relay
 
 WRITER = """
 import asyncio, os, signal, sys
@@ -50,12 +50,9 @@ def database_url(module_database: str) -> str:
 async def relay_task(
     pool: AsyncConnectionPool, database_url: str, redis: Redis, prefix: str
 ) -> AsyncIterator[OutboxRelay]:
-    relay = relay_of(pool, database_url, redis, prefix, RelayConfig(poll_interval_s=0.2))
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    yield relay
-    stop.set()
-    await asyncio.wait_for(task, 10)
+    config = RelayConfig(poll_interval_s=0.2)
+    async with running_relay(pool, database_url, redis, prefix, config) as running:
+        yield running
 
 
 async def _entries(redis: Redis, stream: str) -> list[tuple[str, int]]:

@@ -4,7 +4,6 @@ client to resync; an epoch after a wipe is a loss."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,7 +12,7 @@ from redis.asyncio import Redis
 
 from libs.events.relay import OutboxRelay, RelayConfig
 from libs.events.streams import bus_epoch_key, bus_losses_key, is_first_mark
-from tests.events.helpers import eventually, relay_of
+from tests.events.helpers import eventually, running_relay
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +25,9 @@ def database_url(module_database: str) -> str:
 async def relay(
     pool: AsyncConnectionPool, database_url: str, redis: Redis, prefix: str
 ) -> AsyncIterator[OutboxRelay]:
-    relay = relay_of(pool, database_url, redis, prefix, RelayConfig(poll_interval_s=0.05))
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    yield relay
-    stop.set()
-    await asyncio.wait_for(task, 10)
+    config = RelayConfig(poll_interval_s=0.05)
+    async with running_relay(pool, database_url, redis, prefix, config) as running:
+        yield running
 
 
 async def _mark(redis: Redis, prefix: str) -> bytes | None:
